@@ -1,0 +1,45 @@
+"""StretchySnake: any-scale VideoMamba for video action recognition, on the Hugging Face API.
+
+Importing the package registers the model with the Auto classes, and marks the classes so that
+`save_pretrained` writes a self-contained folder (weights + code + auto_map) that loads with
+`trust_remote_code=True` where this package is not installed.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification
+
+from .configuration_stretchysnake import STRETCHYSNAKE_PRESETS, StretchySnakeConfig
+from .modeling_stretchysnake import (
+    StretchySnakeForVideoClassification,
+    StretchySnakeModel,
+    StretchySnakeModelOutput,
+    StretchySnakePreTrainedModel,
+    StretchySnakeVideoClassifierOutput,
+)
+from .selective_scan import (
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_reference,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register(StretchySnakeConfig.model_type, StretchySnakeConfig, exist_ok=True)
+AutoModel.register(StretchySnakeConfig, StretchySnakeModel, exist_ok=True)
+AutoModelForVideoClassification.register(StretchySnakeConfig, StretchySnakeForVideoClassification, exist_ok=True)
+
+StretchySnakeConfig.register_for_auto_class()
+StretchySnakeModel.register_for_auto_class("AutoModel")
+StretchySnakeForVideoClassification.register_for_auto_class("AutoModelForVideoClassification")
+
+__all__ = [
+    "STRETCHYSNAKE_PRESETS",
+    "StretchySnakeConfig",
+    "StretchySnakeForVideoClassification",
+    "StretchySnakeModel",
+    "StretchySnakeModelOutput",
+    "StretchySnakePreTrainedModel",
+    "StretchySnakeVideoClassifierOutput",
+    "selective_scan",
+    "selective_scan_chunked",
+    "selective_scan_reference",
+]

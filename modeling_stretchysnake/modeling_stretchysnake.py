@@ -1,0 +1,358 @@
+"""StretchySnake: a VideoMamba backbone that runs at any number of frames and any resolution.
+
+Parameters are stored at base size (patch 16, 14x14 grid, `num_frames` frames); every forward resizes the
+patch kernel and position embeddings to the call's scale, so one set of weights serves every scale and the
+gradients of all scales land on the same base weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from .configuration_stretchysnake import StretchySnakeConfig
+from .resizing import resample_spatial_pos_embed, resample_temporal_pos_embed, resize_patch_kernel
+from .selective_scan import selective_scan
+
+
+@dataclass
+class StretchySnakeModelOutput(ModelOutput):
+    """
+    last_hidden_state (`torch.FloatTensor` of shape `(batch, 1 + frames * h * w, hidden_size)`):
+        the normalised token sequence; index 0 is the CLS token.
+    pooler_output (`torch.FloatTensor` of shape `(batch, hidden_size)`): the normalised CLS token.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*): the embeddings and the residual stream after each
+        block, returned with `output_hidden_states=True`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class StretchySnakeVideoClassifierOutput(ModelOutput):
+    """
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*): cross-entropy loss, returned when `labels` are given.
+    logits (`torch.FloatTensor` of shape `(batch, num_labels)`): classification scores.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*): as in `StretchySnakeModelOutput`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def drop_path(hidden: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero whole samples' branch outputs with probability `rate`, rescale the rest."""
+    if rate == 0.0 or not training:
+        return hidden
+    keep = 1.0 - rate
+    mask = hidden.new_empty((hidden.shape[0],) + (1,) * (hidden.dim() - 1)).bernoulli_(keep)
+    return hidden * mask / keep
+
+
+class StretchySnakeRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        dtype = hidden.dtype
+        hidden = hidden.float()
+        hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight * hidden.to(self.weight.dtype)).to(dtype)
+
+
+def resolve_patch_size(config: StretchySnakeConfig, height: int, width: int, patch_size: int | None = None) -> int:
+    """The patch size a call uses: explicit, else from `config.scale_mode`. Raises if H or W do not fit it."""
+    if patch_size is None:
+        if config.scale_mode == "static_patches":
+            patch_size = config.patch_size
+        else:  # static_tokens: keep the base grid along the shorter side
+            shorter = min(height, width)
+            if shorter % config.grid_size != 0:
+                raise ValueError(
+                    f"scale_mode='static_tokens' needs the shorter side to be a multiple of the base grid "
+                    f"{config.grid_size} (patch = side / {config.grid_size}); got H={height}, W={width}. "
+                    f"Resize to e.g. {max(1, round(shorter / config.grid_size)) * config.grid_size} px, "
+                    f"or pass patch_size=."
+                )
+            patch_size = shorter // config.grid_size
+    if patch_size < 1 or height % patch_size or width % patch_size:
+        raise ValueError(
+            f"Frame size H={height}, W={width} is not divisible by the patch size {patch_size}; "
+            f"expected H and W to be multiples of {patch_size}."
+        )
+    return patch_size
+
+
+class StretchySnakeEmbeddings(nn.Module):
+    """Per-frame patch tokens + CLS, with the kernel and position embeddings resized to the call's scale."""
+
+    def __init__(self, config: StretchySnakeConfig):
+        super().__init__()
+        self.config = config
+        p = config.patch_size
+        self.patch_embeddings = nn.Conv3d(
+            config.num_channels, config.hidden_size, kernel_size=(1, p, p), stride=(1, p, p)
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + config.grid_size**2, config.hidden_size))
+        self.temporal_position_embeddings = nn.Parameter(torch.zeros(1, config.num_frames, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+        # pixel_values: (B, T, C, H, W) -> tokens (B, 1 + T*h*w, D)
+        batch, frames, _, height, width = pixel_values.shape
+        grid = (height // patch_size, width // patch_size)
+        kernel = resize_patch_kernel(
+            self.patch_embeddings.weight, (patch_size, patch_size), self.config.kernel_resize_mode
+        )  # (D, C, 1, p, p)
+        patches = F.conv3d(
+            pixel_values.transpose(1, 2).to(kernel.dtype),
+            kernel,
+            self.patch_embeddings.bias,
+            stride=(1, patch_size, patch_size),
+        )  # (B, D, T, h, w)
+        tokens = patches.flatten(3).permute(0, 2, 3, 1)  # (B, T, h*w, D)
+        base_grid = (self.config.grid_size, self.config.grid_size)
+        spatial = resample_spatial_pos_embed(self.position_embeddings[:, 1:], base_grid, grid)  # (1, h*w, D)
+        temporal = resample_temporal_pos_embed(self.temporal_position_embeddings, frames)  # (1, T, D)
+        tokens = tokens + spatial.unsqueeze(1) + temporal.unsqueeze(2)
+        cls = (self.cls_token + self.position_embeddings[:, :1]).expand(batch, -1, -1)  # (B, 1, D)
+        return self.dropout(torch.cat([cls, tokens.flatten(1, 2)], dim=1))
+
+
+class StretchySnakeMixer(nn.Module):
+    """Bidirectional Mamba-1 mixer ("v2"): shared in/out projections, a forward SSM over the sequence and a
+    backward SSM (`*_b` parameters) over the flipped sequence, their gated outputs summed."""
+
+    def __init__(self, config: StretchySnakeConfig):
+        super().__init__()
+        self.config = config
+        d_inner, n, rank = config.intermediate_size, config.state_size, config.time_step_rank
+        self.in_proj = nn.Linear(config.hidden_size, 2 * d_inner, bias=False)
+        self.out_proj = nn.Linear(d_inner, config.hidden_size, bias=False)
+        for suffix in ("", "_b"):
+            conv = nn.Conv1d(
+                d_inner, d_inner, config.conv_kernel, groups=d_inner, padding=config.conv_kernel - 1, bias=True
+            )
+            setattr(self, f"conv1d{suffix}", conv)
+            setattr(self, f"x_proj{suffix}", nn.Linear(d_inner, rank + 2 * n, bias=False))
+            setattr(self, f"dt_proj{suffix}", nn.Linear(rank, d_inner, bias=True))
+            a_name = "A_log" if suffix == "" else "A_b_log"
+            setattr(self, a_name, nn.Parameter(torch.log(torch.arange(1, n + 1).float().repeat(d_inner, 1))))
+            setattr(self, f"D{suffix}", nn.Parameter(torch.ones(d_inner)))
+
+    def _branch(self, x: torch.Tensor, z: torch.Tensor, suffix: str) -> torch.Tensor:
+        # x, z: (B, d_inner, L) -> gated SSM output (B, d_inner, L)
+        conv, x_proj, dt_proj = (getattr(self, f"{name}{suffix}") for name in ("conv1d", "x_proj", "dt_proj"))
+        A_log = self.A_log if suffix == "" else self.A_b_log
+        length = x.shape[-1]
+        x = F.silu(conv(x)[..., :length])  # causal depthwise conv
+        rank, n = self.config.time_step_rank, self.config.state_size
+        x_dbl = x_proj(x.transpose(1, 2))  # (B, L, rank + 2N)
+        dt, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
+        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias is added inside the scan
+        return selective_scan(
+            x,
+            delta,
+            -torch.exp(A_log.float()),
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            getattr(self, f"D{suffix}").float(),
+            z=z,
+            delta_bias=dt_proj.bias.float(),
+            delta_softplus=True,
+            backend=self.config.scan_backend,
+            chunk_size=self.config.scan_chunk_size,
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        # hidden: (B, L, D)
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # each (B, d_inner, L)
+        forward = self._branch(x, z, "")
+        backward = self._branch(x.flip(-1), z.flip(-1), "_b").flip(-1)
+        return self.out_proj((forward + backward).transpose(1, 2))
+
+
+class StretchySnakeBlock(GradientCheckpointingLayer):
+    """Pre-norm residual block: residual + drop_path(mixer(norm(residual))), the residual kept in fp32."""
+
+    def __init__(self, config: StretchySnakeConfig, drop_path_rate: float):
+        super().__init__()
+        self.norm = StretchySnakeRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mixer = StretchySnakeMixer(config)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, residual: torch.Tensor) -> torch.Tensor:
+        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
+        return residual + drop_path(hidden, self.drop_path_rate, self.training).to(residual.dtype)
+
+
+class StretchySnakePreTrainedModel(PreTrainedModel):
+    config: StretchySnakeConfig
+    config_class = StretchySnakeConfig
+    base_model_prefix = "stretchysnake"
+    main_input_name = "pixel_values"
+    input_modalities = ("video",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["StretchySnakeBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """VideoMamba's initialisation; the dt projections follow Mamba's log-uniform dt init (see README)."""
+        std = self.config.initializer_range
+        if isinstance(module, StretchySnakeEmbeddings):
+            # The patch conv keeps PyTorch's default init, as in VideoMamba.
+            init.kaiming_uniform_(module.patch_embeddings.weight, a=math.sqrt(5))
+            fan_in = module.patch_embeddings.weight[0].numel()
+            init.uniform_(module.patch_embeddings.bias, -(fan_in**-0.5), fan_in**-0.5)
+            init.zeros_(module.cls_token)
+            init.trunc_normal_(module.position_embeddings, std=std)
+            init.zeros_(module.temporal_position_embeddings)
+        elif isinstance(module, StretchySnakeMixer):
+            config = self.config
+            for linear in (module.in_proj, module.x_proj, module.x_proj_b):
+                init.trunc_normal_(linear.weight, std=std)
+            # GPT-2 style rescale of the residual-branch output projection (n_residuals_per_layer = 1).
+            init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+            init.copy_(module.out_proj.weight, module.out_proj.weight / math.sqrt(config.num_hidden_layers))
+            for conv in (module.conv1d, module.conv1d_b):
+                init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
+                bound = conv.weight[0].numel() ** -0.5
+                init.uniform_(conv.bias, -bound, bound)
+            a_init = torch.log(torch.arange(1, config.state_size + 1, dtype=torch.float32))
+            dt_std = config.time_step_rank**-0.5
+            for dt_proj, a_log, d in ((module.dt_proj, module.A_log, module.D), (module.dt_proj_b, module.A_b_log, module.D_b)):
+                init.uniform_(dt_proj.weight, -dt_std, dt_std)
+                dt = torch.exp(
+                    torch.rand(config.intermediate_size)
+                    * (math.log(config.time_step_max) - math.log(config.time_step_min))
+                    + math.log(config.time_step_min)
+                ).clamp(min=config.time_step_floor)
+                init.copy_(dt_proj.bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+                init.copy_(a_log, a_init.expand_as(a_log))
+                init.ones_(d)
+        elif isinstance(module, StretchySnakeRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, nn.Linear) and module is getattr(self, "classifier", None):
+            init.trunc_normal_(module.weight, std=std)
+            init.zeros_(module.bias)
+
+
+class StretchySnakeModel(StretchySnakePreTrainedModel):
+    def __init__(self, config: StretchySnakeConfig):
+        super().__init__(config)
+        self.embeddings = StretchySnakeEmbeddings(config)
+        depth = config.num_hidden_layers
+        rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear stochastic depth
+        self.layers = nn.ModuleList(StretchySnakeBlock(config, rate) for rate in rates)
+        self.norm_f = StretchySnakeRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def _check_pixel_values(self, pixel_values) -> None:
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+        if pixel_values.dim() != 5:
+            raise ValueError(
+                "pixel_values must have shape (batch, frames, channels, height, width); "
+                f"got {pixel_values.dim()} dimensions {tuple(pixel_values.shape)}"
+            )
+        batch, frames, channels, height, width = pixel_values.shape
+        if channels != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values has {channels} channels at dim 2, expected {self.config.num_channels}; "
+                "the layout is (batch, frames, channels, height, width)"
+            )
+        if min(batch, frames, height, width) < 1:
+            raise ValueError(f"pixel_values has an empty dimension: {tuple(pixel_values.shape)}")
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        patch_size: int | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> StretchySnakeModelOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch, frames, channels, height, width)`):
+            any frames >= 1 and any height/width the patch size divides.
+        patch_size (`int`, *optional*): patch size for this call; by default from `config.scale_mode`.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_pixel_values(pixel_values)
+        height, width = pixel_values.shape[-2:]
+        patch_size = resolve_patch_size(self.config, height, width, patch_size)
+
+        residual = self.embeddings(pixel_values, patch_size)
+        if self.config.residual_in_fp32:
+            residual = residual.float()
+        all_hidden = (residual,) if output_hidden_states else None
+        for layer in self.layers:
+            residual = layer(residual)
+            if output_hidden_states:
+                all_hidden += (residual,)
+        last_hidden = self.norm_f(residual.to(self.norm_f.weight.dtype))
+        pooled = last_hidden[:, 0]
+        if not return_dict:
+            return tuple(v for v in (last_hidden, pooled, all_hidden) if v is not None)
+        return StretchySnakeModelOutput(last_hidden_state=last_hidden, pooler_output=pooled, hidden_states=all_hidden)
+
+
+class StretchySnakeForVideoClassification(StretchySnakePreTrainedModel):
+    def __init__(self, config: StretchySnakeConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.stretchysnake = StretchySnakeModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        patch_size: int | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> StretchySnakeVideoClassifierOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch,)`, or soft targets `(batch, num_labels)`, *optional*):
+            class indices (or probabilities, e.g. from mixup) for the cross-entropy loss.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.stretchysnake(
+            pixel_values, patch_size=patch_size, output_hidden_states=output_hidden_states, return_dict=True
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device))
+        if not return_dict:
+            output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return StretchySnakeVideoClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+__all__ = [
+    "StretchySnakeForVideoClassification",
+    "StretchySnakeModel",
+    "StretchySnakePreTrainedModel",
+]

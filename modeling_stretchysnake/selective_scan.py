@@ -1,0 +1,172 @@
+"""Selective-scan backends for the Mamba-1 mixer.
+
+All three compute the same function (mamba-ssm's ``selective_scan_fn`` semantics):
+
+    delta = softplus(delta + delta_bias)                     (if asked)
+    h_t   = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t  (state per channel d and state index n)
+    y_t   = <h_t, C_t> + D * u_t,   then   y_t *= silu(z_t)   (if z is given)
+
+Shapes: u, delta, z (batch, d_inner, L); A (d_inner, N); B, C (batch, N, L); D, delta_bias (d_inner,).
+
+- ``selective_scan_reference``: one Python step per token; the readable ground truth used by tests.
+- ``selective_scan_chunked``: the default off CUDA. Walks the sequence in chunks; inside a chunk the
+  recurrence is solved in closed form with cumulative sums, in float32 whatever the input dtype.
+- mamba-ssm's CUDA kernel: imported lazily (upstream mamba-ssm cannot even be imported without its CUDA
+  build) and used only when it imports and the tensors live on a CUDA device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+SCAN_BACKENDS = ("auto", "reference", "chunked", "mamba_ssm")
+SCAN_BACKEND_ENV = "STRETCHYSNAKE_SCAN_BACKEND"
+
+# Inside a chunk the state is exp(S_t) * cumsum(exp(-S_s) * x_s) with S the cumulative log-decay (<= 0), taken
+# relative to the chunk's middle step. exp(+-S) must stay far from float32 overflow (e^88), so a chunk whose
+# total log-decay exceeds this (half of it on each side of the middle) is split in two.
+_MAX_CHUNK_LOG_DECAY = 80.0
+
+
+def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
+    u = u.float()
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None].float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return u, delta, A.float(), B.float(), C.float()
+
+
+def _finish(y, u, D, z, out_dtype):
+    # y, u, z: (batch, d_inner, L)
+    if D is not None:
+        y = y + u * D.float()[..., None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(out_dtype)
+
+
+def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Sequential scan, one step per token (mamba-ssm ``selective_scan_ref`` semantics)."""
+    out_dtype = u.dtype
+    u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    batch, d_inner, length = u.shape
+    delta_A = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))  # (batch, d_inner, L, N)
+    delta_B_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)  # (batch, d_inner, L, N)
+    state = u.new_zeros(batch, d_inner, A.shape[1])  # (batch, d_inner, N)
+    ys = []
+    for t in range(length):
+        state = delta_A[:, :, t] * state + delta_B_u[:, :, t]
+        ys.append(torch.einsum("bdn,bn->bd", state, C[:, :, t]))
+    y = torch.stack(ys, dim=2)  # (batch, d_inner, L)
+    return _finish(y, u, D, z, out_dtype)
+
+
+def _scan_chunk(state, delta, delta_u, A, B, C):
+    """Solve one chunk in closed form, splitting it while its decay range is too wide for float32.
+
+    state (batch, d_inner, N); delta, delta_u (batch, k, d_inner); A (d_inner, N); B, C (batch, k, N).
+    Returns y (batch, k, d_inner) and the state after the chunk.
+    """
+    length = delta.shape[1]
+    # Running sums over the chunk are GEMMs with a lower-triangular matrix: far faster than torch.cumsum on CPU.
+    causal = torch.ones(length, length, device=delta.device, dtype=delta.dtype).tril_()
+    # The log-decay of step t is delta_t * A, so its running sum factorises as S_t = cumsum(delta)_t * A.
+    cum_delta = torch.matmul(causal, delta)  # (batch, k, d_inner)
+    if length > 1 and float((cum_delta[:, -1, :, None] * -A).detach().max()) > _MAX_CHUNK_LOG_DECAY:
+        half = length // 2
+        y_first, state = _scan_chunk(state, delta[:, :half], delta_u[:, :half], A, B[:, :half], C[:, :half])
+        y_second, state = _scan_chunk(state, delta[:, half:], delta_u[:, half:], A, B[:, half:], C[:, half:])
+        return torch.cat([y_first, y_second], dim=1), state
+    # h_t = exp(S_t) * (h_0 + sum_{s<=t} exp(-S_s) x_s). S is taken relative to the chunk's middle step so that
+    # exp(S) and exp(-S) both stay within exp(+-_MAX_CHUNK_LOG_DECAY / 2).
+    middle = cum_delta[:, length // 2, None]  # (batch, 1, d_inner)
+    decay = torch.exp((cum_delta - middle)[..., None] * A)  # exp(S_t - S_mid): (batch, k, d_inner, N)
+    # x_s * exp(-S_s) with x_s = delta_s u_s B_s; reciprocal-then-multiply is much faster than division on CPU.
+    weighted = decay.reciprocal() * delta_u[..., None] * B[:, :, None, :]  # (batch, k, d_inner, N)
+    # h_0 joins the first input (every step t >= 0 sums over it), scaled by exp(S_mid) as the rest are.
+    weighted[:, 0] += state * torch.exp(middle[:, 0, :, None] * A)
+    states = decay * torch.matmul(causal, weighted.flatten(2)).view_as(decay)
+    y = torch.einsum("bkdn,bkn->bkd", states, C)
+    return y, states[:, -1]
+
+
+def selective_scan_chunked(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size: int = 32
+):
+    """Fast pure-PyTorch scan: same result as the reference, a few tensor ops per chunk instead of per token."""
+    out_dtype = u.dtype
+    u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    batch, d_inner, length = u.shape
+    delta_t = delta.transpose(1, 2)  # (batch, L, d_inner)
+    delta_u = (delta * u).transpose(1, 2)  # (batch, L, d_inner)
+    B_t = B.transpose(1, 2)  # (batch, L, N)
+    C_t = C.transpose(1, 2)  # (batch, L, N)
+    state = u.new_zeros(batch, d_inner, A.shape[1])
+    ys = []
+    for start in range(0, length, chunk_size):
+        chunk = slice(start, min(start + chunk_size, length))
+        y, state = _scan_chunk(state, delta_t[:, chunk], delta_u[:, chunk], A, B_t[:, chunk], C_t[:, chunk])
+        ys.append(y)
+    y = torch.cat(ys, dim=1).transpose(1, 2)  # (batch, d_inner, L)
+    return _finish(y, u, D, z, out_dtype)
+
+
+_mamba_ssm_scan = None
+_mamba_ssm_checked = False
+
+
+def load_mamba_ssm_scan():
+    """mamba-ssm's CUDA ``selective_scan_fn``, or None when it cannot be imported."""
+    global _mamba_ssm_scan, _mamba_ssm_checked
+    if not _mamba_ssm_checked:
+        _mamba_ssm_checked = True
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+            _mamba_ssm_scan = selective_scan_fn
+        except Exception as error:  # ImportError, or the CUDA extension failing to load
+            logger.debug("mamba-ssm is not usable: %s", error)
+    return _mamba_ssm_scan
+
+
+_logged_backends: set[str] = set()
+
+
+def resolve_scan_backend(requested: str, device: torch.device) -> str:
+    """The backend a call will use. The environment variable overrides the config."""
+    name = os.environ.get(SCAN_BACKEND_ENV) or requested or "auto"
+    if name not in SCAN_BACKENDS:
+        raise ValueError(f"Unknown scan backend {name!r}; expected one of {SCAN_BACKENDS}.")
+    if name == "auto":
+        name = "mamba_ssm" if device.type == "cuda" and load_mamba_ssm_scan() is not None else "chunked"
+    elif name == "mamba_ssm":
+        if load_mamba_ssm_scan() is None:
+            raise RuntimeError("scan backend 'mamba_ssm' was asked for but mamba-ssm cannot be imported.")
+        if device.type != "cuda":
+            raise RuntimeError(f"scan backend 'mamba_ssm' needs CUDA tensors, got device {device}.")
+    if name not in _logged_backends:
+        _logged_backends.add(name)
+        logger.info("StretchySnake selective scan backend: %s (device %s)", name, device)
+    return name
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend="auto", chunk_size=32
+):
+    """Dispatch to the chosen backend (see ``resolve_scan_backend``)."""
+    name = resolve_scan_backend(backend, u.device)
+    if name == "mamba_ssm":
+        return load_mamba_ssm_scan()(
+            u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus
+        )
+    if name == "reference":
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
