@@ -10,7 +10,7 @@ Shapes: u, delta, z (batch, d_inner, L); A (d_inner, N); B, C (batch, N, L); D, 
 
 - ``selective_scan_reference``: one Python step per token; the readable ground truth used by tests.
 - ``selective_scan_chunked``: the default off CUDA. Walks the sequence in chunks; inside a chunk the
-  recurrence is solved in closed form with cumulative sums, in float32 whatever the input dtype.
+  recurrence is solved in closed form with cumulative sums, in float32 for float32/16-bit inputs.
 - mamba-ssm's CUDA kernel: imported lazily (upstream mamba-ssm cannot even be imported without its CUDA
   build) and used only when it imports and the tensors live on a CUDA device.
 """
@@ -34,22 +34,29 @@ SCAN_BACKEND_ENV = "STRETCHYSNAKE_SCAN_BACKEND"
 _MAX_CHUNK_LOG_DECAY = 80.0
 
 
+def _compute_dtype(u: torch.Tensor) -> torch.dtype:
+    # The state is kept in float32 for half-precision inputs (fp16/bf16 states overflow or drift); float64
+    # inputs stay float64 so the backends can be compared tightly.
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
 def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
-    u = u.float()
-    delta = delta.float()
+    dtype = _compute_dtype(u)
+    u = u.to(dtype)
+    delta = delta.to(dtype)
     if delta_bias is not None:
-        delta = delta + delta_bias[..., None].float()
+        delta = delta + delta_bias[..., None].to(dtype)
     if delta_softplus:
         delta = F.softplus(delta)
-    return u, delta, A.float(), B.float(), C.float()
+    return u, delta, A.to(dtype), B.to(dtype), C.to(dtype)
 
 
 def _finish(y, u, D, z, out_dtype):
     # y, u, z: (batch, d_inner, L)
     if D is not None:
-        y = y + u * D.float()[..., None]
+        y = y + u * D.to(y.dtype)[..., None]
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(y.dtype))
     return y.to(out_dtype)
 
 

@@ -1,0 +1,201 @@
+"""Convert an official VideoMamba checkpoint (.pth) into a Hugging Face StretchySnake folder.
+
+    python -m modeling_stretchysnake.convert_videomamba_checkpoint videomamba_m16_k400_f16_res224.pth out/
+
+Accepts a raw state dict or one wrapped under `model` / `module`, with or without `backbone.` / `encoder.`
+prefixes; masked-pretraining files (`norm` instead of `norm_f`, a `clip_decoder`) and ImageNet files (2-D patch
+kernel, no temporal embedding, which then starts at zero) work too. The size, base frames, base resolution and
+label count are read from the tensors. Any key that maps nowhere, and any model weight the file lacks, stops the
+conversion with the list of keys: nothing is silently dropped except the `clip_decoder` distillation head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from .configuration_stretchysnake import StretchySnakeConfig
+from .modeling_stretchysnake import StretchySnakeForVideoClassification
+
+logger = logging.getLogger(__name__)
+
+WRAPPER_KEYS = ("model", "module", "state_dict")
+PREFIXES = ("module.", "backbone.", "encoder.")
+DROPPED_PREFIXES = ("clip_decoder.",)
+# Keys allowed to be absent from a file: image (ImageNet) checkpoints have no temporal embedding, and
+# pretraining checkpoints have no head (a new one is initialised when num_labels is given).
+OPTIONAL_TARGETS = ("stretchysnake.embeddings.temporal_position_embeddings",)
+HEAD_TARGETS = ("classifier.weight", "classifier.bias")
+
+_DIRECT = {
+    "patch_embed.proj.weight": "stretchysnake.embeddings.patch_embeddings.weight",
+    "patch_embed.proj.bias": "stretchysnake.embeddings.patch_embeddings.bias",
+    "cls_token": "stretchysnake.embeddings.cls_token",
+    "pos_embed": "stretchysnake.embeddings.position_embeddings",
+    "temporal_pos_embedding": "stretchysnake.embeddings.temporal_position_embeddings",
+    "norm_f.weight": "stretchysnake.norm_f.weight",
+    "head.weight": "classifier.weight",
+    "head.bias": "classifier.bias",
+}
+_LAYER = re.compile(r"^layers\.(\d+)\.(norm\.weight|mixer\..+)$")
+
+
+class ConversionError(ValueError):
+    """The checkpoint does not map onto a StretchySnake model."""
+
+
+def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a .pth file safely (weights_only) and unwrap container dicts and name prefixes."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
+        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint of tensors: {error}") from error
+    while isinstance(checkpoint, dict):
+        wrapper = next((key for key in WRAPPER_KEYS if isinstance(checkpoint.get(key), dict)), None)
+        if wrapper is None:
+            break
+        checkpoint = checkpoint[wrapper]
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ConversionError(f"{path} does not hold a state dict of tensors")
+    state_dict = {}
+    for key, value in checkpoint.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix) :], True
+        state_dict[key] = value
+    return state_dict
+
+
+def convert_state_dict(official: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Map official names to ours. Returns (converted, unexpected official keys, dropped keys)."""
+    converted, unexpected, dropped = {}, [], []
+    has_norm_f = "norm_f.weight" in official
+    for key, value in official.items():
+        if key.startswith(DROPPED_PREFIXES):
+            dropped.append(key)
+            continue
+        if key == "norm.weight" and not has_norm_f:  # masked-pretraining files call the final norm `norm`
+            key = "norm_f.weight"
+        if key in _DIRECT:
+            target = _DIRECT[key]
+        elif match := _LAYER.match(key):
+            target = f"stretchysnake.layers.{match.group(1)}.{match.group(2)}"
+        else:
+            unexpected.append(key)
+            continue
+        if target.endswith("patch_embeddings.weight") and value.dim() == 4:  # image checkpoint: (D, C, p, p)
+            value = value.unsqueeze(2)
+        converted[target] = value
+    return converted, unexpected, dropped
+
+
+def config_from_state_dict(state_dict: dict[str, torch.Tensor], **overrides) -> StretchySnakeConfig:
+    """Read the architecture off the converted tensors; `overrides` (e.g. num_labels, id2label) win."""
+    kernel = state_dict["stretchysnake.embeddings.patch_embeddings.weight"]  # (D, C, 1, p, p)
+    positions = state_dict["stretchysnake.embeddings.position_embeddings"].shape[1] - 1
+    grid = math.isqrt(positions)
+    if grid * grid != positions:
+        raise ConversionError(f"pos_embed holds {positions} patch positions, not a square grid")
+    layers = {int(key.split(".")[2]) for key in state_dict if key.startswith("stretchysnake.layers.")}
+    mixer = "stretchysnake.layers.0.mixer."
+    found = {
+        "hidden_size": kernel.shape[0],
+        "num_channels": kernel.shape[1],
+        "patch_size": kernel.shape[-1],
+        "image_size": grid * kernel.shape[-1],
+        "num_hidden_layers": max(layers) + 1 if layers else 0,
+        "expand": state_dict[mixer + "in_proj.weight"].shape[0] // (2 * kernel.shape[0]),
+        "state_size": state_dict[mixer + "A_log"].shape[1],
+        "conv_kernel": state_dict[mixer + "conv1d.weight"].shape[-1],
+        "time_step_rank": state_dict[mixer + "dt_proj.weight"].shape[1],
+    }
+    temporal = state_dict.get("stretchysnake.embeddings.temporal_position_embeddings")
+    if temporal is not None:
+        found["num_frames"] = temporal.shape[1]
+    if "classifier.weight" in state_dict:
+        found["num_labels"] = state_dict["classifier.weight"].shape[0]
+    return StretchySnakeConfig(**{**found, **overrides})
+
+
+def convert_checkpoint(
+    checkpoint_path: str | Path, output_dir: str | Path | None = None, **config_overrides
+) -> StretchySnakeForVideoClassification:
+    """Convert, check every key, and (when `output_dir` is given) save a Hub-style folder."""
+    official = load_official_state_dict(checkpoint_path)
+    converted, unexpected, dropped = convert_state_dict(official)
+    if unexpected:
+        raise ConversionError(f"Checkpoint keys that map to no StretchySnake weight: {sorted(unexpected)}")
+    if dropped:
+        logger.info("Dropped %d keys not used for classification: %s", len(dropped), sorted(dropped)[:5])
+    config = config_from_state_dict(converted, **config_overrides)
+    new_head = "classifier.weight" in converted and converted["classifier.weight"].shape[0] != config.num_labels
+    if new_head:  # a different label set asked for: start a fresh head
+        for key in HEAD_TARGETS:
+            converted.pop(key)
+    model = StretchySnakeForVideoClassification(config)
+    try:
+        result = model.load_state_dict(converted, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ConversionError(str(error)) from error
+    allowed_missing = set(OPTIONAL_TARGETS)
+    if "num_labels" in config_overrides or new_head:
+        allowed_missing |= set(HEAD_TARGETS)
+    missing = [key for key in result.missing_keys if key not in allowed_missing]
+    if missing:
+        raise ConversionError(
+            f"Model weights absent from the checkpoint: {sorted(missing)}"
+            + (" (pass num_labels to start a new classification head)" if set(missing) & set(HEAD_TARGETS) else "")
+        )
+    if result.unexpected_keys:
+        raise ConversionError(f"Converted keys the model does not have: {sorted(result.unexpected_keys)}")
+    for key in result.missing_keys:
+        logger.warning("%s is not in the checkpoint and keeps its fresh initialisation", key)
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="official VideoMamba .pth file")
+    parser.add_argument("output_dir", help="folder to write the Hugging Face model to")
+    parser.add_argument("--num-labels", type=int, help="start a new head with this many classes")
+    parser.add_argument("--labels", help="JSON file: a list of class names, or an {index: name} map")
+    parser.add_argument("--kernel-resize-mode", choices=("bicubic", "pi"))
+    parser.add_argument("--scale-mode", choices=("static_tokens", "static_patches"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    overrides = {}
+    if args.labels:
+        labels = json.loads(Path(args.labels).read_text())
+        id2label = dict(enumerate(labels)) if isinstance(labels, list) else {int(k): v for k, v in labels.items()}
+        overrides.update(id2label=id2label, num_labels=len(id2label))
+    if args.num_labels is not None:
+        overrides["num_labels"] = args.num_labels
+    for name in ("kernel_resize_mode", "scale_mode"):
+        if getattr(args, name):
+            overrides[name] = getattr(args, name)
+    try:
+        model = convert_checkpoint(args.checkpoint, args.output_dir, **overrides)
+    except ConversionError as error:
+        parser.exit(1, f"conversion failed: {error}\n")
+    config = model.config
+    print(
+        f"saved {args.output_dir}: hidden {config.hidden_size} x {config.num_hidden_layers} layers, "
+        f"{config.num_frames} base frames, {config.image_size} px, {config.num_labels} labels"
+    )
+
+
+if __name__ == "__main__":
+    main()

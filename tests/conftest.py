@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeForVideoClassification
+
+
+def small_config(**overrides) -> StretchySnakeConfig:
+    """A few-thousand-parameter model with a 4x4 base grid (32 px, patch 8) and 4 base frames."""
+    values = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        image_size=32,
+        patch_size=8,
+        num_frames=4,
+        num_labels=3,
+        drop_path_rate=0.0,
+    )
+    values.update(overrides)
+    return StretchySnakeConfig(**values)
+
+
+@pytest.fixture
+def config():
+    return small_config()
+
+
+@pytest.fixture
+def model(config):
+    torch.manual_seed(0)
+    return StretchySnakeForVideoClassification(config).eval()

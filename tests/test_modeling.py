@@ -1,0 +1,239 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import small_config
+
+from modeling_stretchysnake import (
+    STRETCHYSNAKE_PRESETS,
+    StretchySnakeConfig,
+    StretchySnakeForVideoClassification,
+    StretchySnakeModel,
+)
+from modeling_stretchysnake.modeling_stretchysnake import StretchySnakeMixer, resolve_patch_size
+
+
+@pytest.mark.parametrize(
+    "frames,height,width,grid",
+    [
+        (1, 32, 32, (4, 4)),  # a single image
+        (4, 32, 32, (4, 4)),  # base scale
+        (7, 16, 16, (4, 4)),  # fewer pixels, more frames than stored
+        (3, 16, 24, (4, 6)),  # non-square: patch from the shorter side
+        (2, 48, 32, (6, 4)),
+        (5, 64, 64, (4, 4)),
+    ],
+)
+def test_any_scale_forward(model, frames, height, width, grid):
+    pixel_values = torch.randn(2, frames, 3, height, width)
+    outputs = model.stretchysnake(pixel_values)
+    assert outputs.last_hidden_state.shape == (2, 1 + frames * grid[0] * grid[1], 32)
+    torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state[:, 0])
+    logits = model(pixel_values).logits
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_static_patches_mode_grows_the_grid():
+    model = StretchySnakeModel(small_config(scale_mode="static_patches")).eval()
+    outputs = model(torch.randn(1, 2, 3, 48, 64))
+    assert outputs.last_hidden_state.shape[1] == 1 + 2 * 6 * 8
+
+
+def test_explicit_patch_size_overrides_scale_mode(model):
+    outputs = model.stretchysnake(torch.randn(1, 2, 3, 32, 32), patch_size=16)
+    assert outputs.last_hidden_state.shape[1] == 1 + 2 * 2 * 2
+
+
+def test_base_scale_embeddings_use_stored_parameters_unchanged(model):
+    embeddings = model.stretchysnake.embeddings
+    pixel_values = torch.randn(2, 4, 3, 32, 32)
+    tokens = embeddings(pixel_values, patch_size=8)
+    conv = embeddings.patch_embeddings(pixel_values.transpose(1, 2))  # (B, D, T, 4, 4)
+    expected = conv.flatten(3).permute(0, 2, 3, 1)
+    expected = expected + embeddings.position_embeddings[:, None, 1:] + embeddings.temporal_position_embeddings[:, :, None]
+    torch.testing.assert_close(tokens[:, 1:], expected.flatten(1, 2))
+    torch.testing.assert_close(tokens[:, 0], (embeddings.cls_token + embeddings.position_embeddings[:, :1])[:, 0].expand(2, -1))
+
+
+def test_batch_items_are_independent(model):
+    pixel_values = torch.randn(3, 2, 3, 16, 16)
+    together = model(pixel_values).logits
+    alone = torch.cat([model(pixel_values[i : i + 1]).logits for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_reach_base_weights_at_other_scales(model):
+    model.train()
+    model(torch.randn(1, 6, 3, 24, 24), labels=torch.tensor([1])).loss.backward()
+    embeddings = model.stretchysnake.embeddings
+    for parameter in (
+        embeddings.patch_embeddings.weight,
+        embeddings.position_embeddings,
+        embeddings.temporal_position_embeddings,
+        model.stretchysnake.layers[0].mixer.A_b_log,
+        model.stretchysnake.layers[0].mixer.dt_proj_b.bias,
+    ):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+    assert embeddings.patch_embeddings.weight.shape[-1] == 8  # stays at base size
+
+
+def test_labels_give_cross_entropy_loss(model):
+    pixel_values, labels = torch.randn(2, 2, 3, 16, 16), torch.tensor([0, 2])
+    outputs = model(pixel_values, labels=labels)
+    torch.testing.assert_close(outputs.loss, F.cross_entropy(outputs.logits, labels))
+    soft = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]])
+    torch.testing.assert_close(model(pixel_values, labels=soft).loss, F.cross_entropy(outputs.logits, soft))
+
+
+def test_tuple_outputs_and_hidden_states(model):
+    pixel_values = torch.randn(1, 2, 3, 16, 16)
+    loss, logits, hidden = model(pixel_values, labels=torch.tensor([1]), output_hidden_states=True, return_dict=False)
+    assert len(hidden) == model.config.num_hidden_layers + 1
+    assert all(h.dtype == torch.float32 and h.shape == (1, 33, 32) for h in hidden)
+    torch.testing.assert_close(logits, model(pixel_values).logits)
+
+
+def test_scan_backends_agree_through_the_model(model):
+    pixel_values = torch.randn(1, 3, 3, 16, 24)
+    chunked = model(pixel_values).logits
+    reference = copy.deepcopy(model)
+    reference.config.scan_backend = "reference"
+    torch.testing.assert_close(reference(pixel_values).logits, chunked, rtol=1e-4, atol=1e-5)
+
+
+def test_backward_branch_is_used():
+    torch.manual_seed(0)
+    mixer = StretchySnakeMixer(small_config())
+    hidden = torch.randn(2, 9, 32)
+    before = mixer(hidden)
+    with torch.no_grad():
+        mixer.x_proj_b.weight.mul_(2.0)
+    assert not torch.allclose(mixer(hidden), before)
+    with torch.no_grad():
+        mixer.x_proj_b.weight.div_(2.0)
+        mixer.A_b_log.add_(1.0)
+    assert not torch.allclose(mixer(hidden), before)
+
+
+def test_backward_branch_scans_the_flipped_sequence():
+    # Swapping the forward and backward parameters must equal running on the reversed sequence.
+    torch.manual_seed(0)
+    mixer = StretchySnakeMixer(small_config())
+    swapped = copy.deepcopy(mixer)
+    with torch.no_grad():
+        for forward_name, backward_name in (
+            ("conv1d.weight", "conv1d_b.weight"),
+            ("conv1d.bias", "conv1d_b.bias"),
+            ("x_proj.weight", "x_proj_b.weight"),
+            ("dt_proj.weight", "dt_proj_b.weight"),
+            ("dt_proj.bias", "dt_proj_b.bias"),
+            ("A_log", "A_b_log"),
+            ("D", "D_b"),
+        ):
+            forward, backward = swapped.get_parameter(forward_name), swapped.get_parameter(backward_name)
+            saved = forward.clone()
+            forward.copy_(backward)
+            backward.copy_(saved)
+    hidden = torch.randn(2, 11, 32)
+    torch.testing.assert_close(swapped(hidden.flip(1)).flip(1), mixer(hidden), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = StretchySnakeForVideoClassification(small_config()).train()
+    pixel_values, labels = torch.randn(2, 2, 3, 16, 16), torch.tensor([0, 1])
+
+    def gradients():
+        model.zero_grad()
+        model(pixel_values, labels=labels).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    plain = gradients()
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    assert model.stretchysnake.layers[0].gradient_checkpointing
+    checkpointed = gradients()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, msg=name)
+
+
+def test_drop_path_only_in_training():
+    torch.manual_seed(0)
+    model = StretchySnakeForVideoClassification(small_config(drop_path_rate=0.5))
+    pixel_values = torch.randn(4, 2, 3, 16, 16)
+    model.eval()
+    torch.testing.assert_close(model(pixel_values).logits, model(pixel_values).logits)
+    model.train()
+    assert not torch.allclose(model(pixel_values).logits, model(pixel_values).logits)
+
+
+@pytest.mark.parametrize(
+    "shape,error,match",
+    [
+        ((2, 3, 16, 16), ValueError, "batch, frames, channels, height, width"),
+        ((1, 2, 1, 16, 16), ValueError, "channels"),
+        ((1, 2, 16, 16, 3), ValueError, "channels"),
+        ((1, 0, 3, 16, 16), ValueError, "empty"),
+        ((1, 2, 3, 30, 30), ValueError, "multiple of the base grid"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(model, shape, error, match):
+    with pytest.raises(error, match=match):
+        model(torch.randn(*shape))
+
+
+def test_indivisible_explicit_patch_size_raises(model):
+    with pytest.raises(ValueError, match="not divisible by the patch size 5"):
+        model(torch.randn(1, 2, 3, 16, 16), patch_size=5)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        model([[1.0]])
+
+
+def test_resolve_patch_size_static_tokens_uses_shorter_side():
+    config = StretchySnakeConfig()  # 224 px, patch 16: base grid 14
+    assert [resolve_patch_size(config, r, r) for r in (98, 126, 224, 392)] == [7, 9, 16, 28]
+    assert resolve_patch_size(config, 112, 168) == 8
+
+
+def test_initialisation_follows_videomamba_and_mamba():
+    torch.manual_seed(0)
+    config = small_config(num_hidden_layers=4)
+    model = StretchySnakeForVideoClassification(config)
+    embeddings = model.stretchysnake.embeddings
+    assert embeddings.cls_token.abs().sum() == 0 and embeddings.temporal_position_embeddings.abs().sum() == 0
+    assert 0.01 < embeddings.position_embeddings.std() < 0.03
+    mixer = model.stretchysnake.layers[0].mixer
+    expected_a = torch.log(torch.arange(1, config.state_size + 1).float()).expand_as(mixer.A_log)
+    torch.testing.assert_close(mixer.A_log, expected_a)
+    torch.testing.assert_close(mixer.A_b_log, expected_a)
+    assert (mixer.D == 1).all() and (mixer.D_b == 1).all()
+    dt = F.softplus(mixer.dt_proj.bias)
+    assert dt.min() >= config.time_step_min * 0.999 and dt.max() <= config.time_step_max * 1.001
+    bound = (6 / ((1 + 5) * config.intermediate_size)) ** 0.5 / config.num_hidden_layers**0.5
+    assert mixer.out_proj.weight.abs().max() <= bound
+    assert 0.015 < mixer.in_proj.weight.std() < 0.025
+
+
+@pytest.mark.parametrize("name,expected_millions", [("tiny", 7.0), ("small", 25.6), ("middle", 73.9)])
+def test_preset_sizes_match_videomamba(name, expected_millions):
+    config = StretchySnakeConfig.from_preset(name, num_labels=1000)
+    assert (config.hidden_size, config.num_hidden_layers) == tuple(STRETCHYSNAKE_PRESETS[name].values())
+    with torch.device("meta"):
+        model = StretchySnakeForVideoClassification(config)
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(millions - expected_millions) / expected_millions < 0.03
+
+
+def test_config_validates_choices():
+    with pytest.raises(ValueError, match="kernel_resize_mode"):
+        StretchySnakeConfig(kernel_resize_mode="nearest")
+    with pytest.raises(ValueError, match="scale_mode"):
+        StretchySnakeConfig(scale_mode="flexivit")
+    with pytest.raises(ValueError, match="preset"):
+        StretchySnakeConfig.from_preset("huge")
+    assert StretchySnakeConfig(hidden_size=576).time_step_rank == 36
+
+
+def test_pi_kernel_mode_runs(model):
+    model.config.kernel_resize_mode = "pi"
+    assert torch.isfinite(model(torch.randn(1, 2, 3, 64, 64)).logits).all()
