@@ -1,0 +1,284 @@
+"""Video decoding at a requested scale, the multi-scale batch sampler, the clip dataset and its collate.
+
+Decoding uses decord (`VideoReader(width=, height=)` + `get_batch` on the sampled indices) and falls back to
+PyAV when decord is missing or fails, so a low-resolution step is cheap from the decoder on. Files that cannot
+be decoded raise `VideoDecodeError`; the dataset skips them, logs and counts them, and serves another clip in
+their place so a batch keeps its size.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .scales import Scale, ScaleSampler
+
+logger = logging.getLogger(__name__)
+
+DECODER_BACKENDS = ("auto", "decord", "pyav")
+
+
+class VideoDecodeError(RuntimeError):
+    """A video file is missing, empty, truncated or otherwise unreadable."""
+
+
+def sample_frame_indices(total_frames: int, num_frames: int, start: int = 0, end: int | None = None) -> np.ndarray:
+    """`num_frames` indices spread uniformly over [start, end) (np.linspace); short videos repeat frames."""
+    end = total_frames if end is None else min(int(end), total_frames)
+    start = max(0, min(int(start), end - 1))
+    if end <= 0 or end <= start:
+        raise VideoDecodeError(f"no frames in range [{start}, {end}) of a {total_frames}-frame video")
+    return np.linspace(start, end - 1, num_frames).round().astype(np.int64)
+
+
+def _to_frame_range(start, end, time_unit: str, fps: float) -> tuple[int, int | None]:
+    if time_unit == "seconds":
+        return int(math.floor((start or 0) * fps)), (None if end is None else max(1, int(math.ceil(end * fps))))
+    return int(start or 0), (None if end is None else int(end))
+
+
+def _output_size(width: int, height: int, resolution: int | None, resize: str) -> tuple[int, int]:
+    """(width, height) to decode at: R x R for 'squash', shorter side R for 'shortest', native for None."""
+    if resolution is None:
+        return width, height
+    if resize == "squash":
+        return resolution, resolution
+    scale = resolution / min(width, height)  # shortest side -> resolution
+    return max(resolution, round(width * scale)), max(resolution, round(height * scale))
+
+
+def _read_decord(path, num_frames, resolution, resize, start, end, time_unit):
+    import decord
+
+    probe = decord.VideoReader(str(path), num_threads=1)
+    height, width = probe[0].shape[:2]
+    out_width, out_height = _output_size(width, height, resolution, resize)
+    reader = probe
+    if (out_width, out_height) != (width, height):
+        reader = decord.VideoReader(str(path), width=out_width, height=out_height, num_threads=1)
+    first, last = _to_frame_range(start, end, time_unit, reader.get_avg_fps() or 30.0)
+    indices = sample_frame_indices(len(reader), num_frames, first, last)
+    return reader.get_batch(indices.tolist()).asnumpy()
+
+
+def _read_pyav(path, num_frames, resolution, resize, start, end, time_unit):
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 30.0)
+        out_width, out_height = _output_size(stream.codec_context.width, stream.codec_context.height, resolution, resize)
+        # Containers do not always report a frame count, so decode once, keeping frames at the output size.
+        frames = [
+            frame.to_ndarray(format="rgb24", width=out_width, height=out_height) for frame in container.decode(stream)
+        ]
+    first, last = _to_frame_range(start, end, time_unit, fps)
+    indices = sample_frame_indices(len(frames), num_frames, first, last)
+    return np.stack([frames[i] for i in indices])
+
+
+def _decord_available() -> bool:
+    try:
+        import decord  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def read_video(
+    path,
+    num_frames: int,
+    resolution: int | None = None,
+    resize: str = "squash",
+    start: float | None = None,
+    end: float | None = None,
+    time_unit: str = "frames",
+    backend: str = "auto",
+) -> np.ndarray:
+    """Decode `num_frames` uniformly spaced RGB frames, (T, H, W, 3) uint8, already at the requested scale.
+
+    resize: 'squash' decodes at resolution x resolution (flexible training); 'shortest' keeps the aspect ratio
+    with the shorter side at `resolution` (evaluation, before a crop). start/end bound a segment, in frames or
+    seconds. Raises VideoDecodeError for unreadable files.
+    """
+    if backend not in DECODER_BACKENDS:
+        raise ValueError(f"decoder backend must be one of {DECODER_BACKENDS}, got {backend!r}")
+    if resize not in ("squash", "shortest"):
+        raise ValueError(f"resize must be 'squash' or 'shortest', got {resize!r}")
+    if time_unit not in ("frames", "seconds"):
+        raise ValueError(f"time_unit must be 'frames' or 'seconds', got {time_unit!r}")
+    readers = []
+    if backend in ("auto", "decord") and _decord_available():
+        readers.append(_read_decord)
+    if backend in ("auto", "pyav"):
+        readers.append(_read_pyav)
+    if not readers:
+        raise ImportError("decord is not installed; install the `video` extra or use backend='pyav'")
+    errors = []
+    for reader in readers:
+        try:
+            frames = reader(path, num_frames, resolution, resize, start, end, time_unit)
+        except Exception as error:  # decoders raise many types for missing, empty or broken files
+            errors.append(f"{reader.__name__[6:]}: {type(error).__name__}: {error}")
+            continue
+        if frames.ndim == 4 and frames.shape[0] == num_frames and frames.shape[-1] == 3:
+            return frames
+        errors.append(f"{reader.__name__[6:]}: decoded shape {frames.shape}")
+    raise VideoDecodeError(f"cannot decode {path}: " + "; ".join(errors))
+
+
+class MultiScaleBatchSampler(torch.utils.data.Sampler):
+    """Yields one batch per step, every item tagged with the step's scale: [(index, frames, resolution, patch)].
+
+    All ranks draw the same scale for the same step (ScaleSampler is seeded by step) and disjoint items: each
+    step takes `batch_size * num_replicas` items of an epoch-seeded permutation, this rank's slice of them.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        scale_sampler: ScaleSampler,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+    ):
+        if num_samples < batch_size * num_replicas:
+            raise ValueError(
+                f"{num_samples} samples cannot fill one step of {batch_size} per process x {num_replicas} processes"
+            )
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.scale_sampler = scale_sampler
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.num_samples // (self.batch_size * self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = list(range(self.num_samples))
+        global_batch = self.batch_size * self.num_replicas
+        for step in range(len(self)):
+            scale = self.scale_sampler.sample(self.epoch * len(self) + step)
+            first = step * global_batch + self.rank * self.batch_size
+            yield [(index, scale.frames, scale.resolution, scale.patch_size) for index in order[first : first + self.batch_size]]
+        self.epoch += 1
+
+
+class FixedScaleBatchSampler(torch.utils.data.Sampler):
+    """Evaluation batches at one scale over this rank's share of the items (rank::num_replicas)."""
+
+    def __init__(self, num_samples: int, batch_size: int, scale: Scale, num_replicas: int = 1, rank: int = 0):
+        self.indices = list(range(rank, num_samples, num_replicas))
+        self.batch_size = batch_size
+        self.scale = scale
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __iter__(self):
+        s = self.scale
+        for first in range(0, len(self.indices), self.batch_size):
+            yield [(i, s.frames, s.resolution, s.patch_size) for i in self.indices[first : first + self.batch_size]]
+
+
+@dataclass
+class ClipView:
+    """Which view of a video to take in multi-view evaluation: temporal clip i of n, spatial crop j of m."""
+
+    clip: int = 0
+    num_clips: int = 1
+    crop: int = 0
+    num_crops: int = 1
+
+
+class VideoClipDataset(torch.utils.data.Dataset):
+    """Clips of the videos in a manifest, decoded at the scale the batch sampler asks for.
+
+    Items are addressed as (index, frames, resolution, patch_size). A video that cannot be decoded is logged,
+    counted in `failures`, and replaced by the next readable one, so one corrupt file never stops a run.
+
+    Args:
+        manifest: rows with `video` (path), `label` (int) and optionally `start` / `end` / `time_unit`.
+        processor: a StretchySnakeVideoProcessor (resizing, cropping, normalisation).
+        training: squash-resize to R x R (flexible training) instead of shortest-side resize + centre crop.
+        view: the evaluation view (temporal clip x spatial crop).
+        decoder: 'auto' (decord, then PyAV), 'decord' or 'pyav'.
+        max_replacements: how many following videos to try in place of an unreadable one.
+    """
+
+    def __init__(self, manifest, processor, training: bool = True, view: ClipView | None = None,
+                 decoder: str = "auto", max_replacements: int = 20):
+        self.manifest = manifest
+        self.processor = processor
+        self.training = training
+        self.view = view or ClipView()
+        self.decoder = decoder
+        self.max_replacements = max_replacements
+        self.failures: collections.Counter[str] = collections.Counter()
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def row(self, index: int) -> dict[str, Any]:
+        return self.manifest[int(index)]
+
+    def load(self, index: int, frames: int, resolution: int) -> torch.Tensor:
+        """Clip `view.clip` of `view.num_clips` equal temporal parts of the video (or its start/end segment)."""
+        row = self.row(index)
+        view = self.view
+        clip = read_video(
+            row["video"], frames * view.num_clips, resolution, "squash" if self.training else "shortest",
+            row.get("start"), row.get("end"), row.get("time_unit") or "frames", self.decoder,
+        )
+        clip = clip[view.clip * frames : (view.clip + 1) * frames]
+        return self.processor.prepare_frames(
+            clip, resolution, training=self.training, crop=view.crop, num_crops=view.num_crops
+        )
+
+    def __getitem__(self, key) -> dict[str, Any]:
+        index, frames, resolution, patch_size = key
+        for attempt in range(self.max_replacements + 1):
+            candidate = (index + attempt) % len(self)
+            try:
+                pixel_values = self.load(candidate, frames, resolution)
+            except VideoDecodeError as error:
+                path = str(self.row(candidate)["video"])
+                self.failures[path] += 1
+                logger.warning("skipping unreadable video (%d skipped so far): %s", len(self.failures), error)
+                continue
+            return {"pixel_values": pixel_values, "labels": int(self.row(candidate)["label"]),
+                    "patch_size": patch_size, "index": candidate}
+        raise VideoDecodeError(f"{self.max_replacements + 1} videos in a row from index {index} are unreadable")
+
+
+def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack one step's clips: pixel_values (B, T, C, R, R), labels (B,), and the step's patch size."""
+    patch_sizes = {item["patch_size"] for item in items}
+    if len(patch_sizes) != 1:
+        raise ValueError(f"a batch mixes patch sizes {patch_sizes}; all items of a step share one scale")
+    return {
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+        "labels": torch.tensor([item["labels"] for item in items], dtype=torch.long),
+        "patch_size": patch_sizes.pop(),
+    }

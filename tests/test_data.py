@@ -1,0 +1,156 @@
+import numpy as np
+import pytest
+import torch
+
+from modeling_stretchysnake.data import (
+    ClipView,
+    FixedScaleBatchSampler,
+    MultiScaleBatchSampler,
+    VideoClipDataset,
+    VideoDecodeError,
+    collate_clips,
+    read_video,
+    sample_frame_indices,
+)
+from modeling_stretchysnake.scales import Scale, ScaleSampler
+from modeling_stretchysnake.synthetic_actions import ACTIONS, generate_action_dataset, render_action, write_video
+from modeling_stretchysnake.video_processing_stretchysnake import StretchySnakeVideoProcessor
+
+BACKENDS = ["pyav", "decord"]
+
+
+@pytest.fixture(scope="module")
+def ramp_video(tmp_path_factory):
+    """20 frames whose brightness encodes the frame index (index * 12), 48 x 64."""
+    frames = np.stack([np.full((48, 64, 3), i * 12, np.uint8) for i in range(20)])
+    return write_video(tmp_path_factory.mktemp("videos") / "ramp.mp4", frames, fps=10)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return generate_action_dataset(tmp_path_factory.mktemp("synthetic"), {"train": 2, "test": 1}, num_frames=12, size=48)
+
+
+def brightness_index(frames):
+    return np.round(frames.reshape(len(frames), -1).mean(1) / 12).astype(int)
+
+
+def test_sample_frame_indices_uniform_and_repeating():
+    assert sample_frame_indices(100, 5).tolist() == [0, 25, 50, 74, 99]
+    assert sample_frame_indices(3, 6).tolist() == [0, 0, 1, 1, 2, 2]
+    assert sample_frame_indices(100, 3, start=10, end=20).tolist() == [10, 14, 19]
+    with pytest.raises(VideoDecodeError):
+        sample_frame_indices(0, 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_video_samples_and_resizes(ramp_video, backend):
+    frames = read_video(ramp_video, 4, resolution=32, resize="squash", backend=backend)
+    assert frames.shape == (4, 32, 32, 3) and frames.dtype == np.uint8
+    assert brightness_index(frames).tolist() == [0, 6, 13, 19]
+    shortest = read_video(ramp_video, 2, resolution=24, resize="shortest", backend=backend)
+    assert shortest.shape == (2, 24, 32, 3)
+    native = read_video(ramp_video, 3, backend=backend)
+    assert native.shape == (3, 48, 64, 3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_video_segments_in_frames_and_seconds(ramp_video, backend):
+    assert brightness_index(read_video(ramp_video, 3, start=4, end=9, backend=backend)).tolist() == [4, 6, 8]
+    assert brightness_index(read_video(ramp_video, 2, start=1.0, end=1.5, time_unit="seconds", backend=backend)).tolist() == [10, 14]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a video at all" * 50, None])
+def test_unreadable_files_raise_decode_error(tmp_path, ramp_video, content):
+    path = tmp_path / "broken.mp4"
+    if content is None:  # truncated: the first 300 bytes of a real file
+        path.write_bytes(ramp_video.read_bytes()[:300])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(VideoDecodeError, match="cannot decode"):
+        read_video(path, 4, resolution=32)
+    with pytest.raises(VideoDecodeError):
+        read_video(tmp_path / "missing.mp4", 4)
+
+
+def test_read_video_validates_arguments(ramp_video):
+    for kwargs, match in ((dict(resize="crop"), "resize"), (dict(time_unit="ms"), "time_unit"), (dict(backend="x"), "backend")):
+        with pytest.raises(ValueError, match=match):
+            read_video(ramp_video, 2, resolution=16, **kwargs)
+
+
+def test_rendered_actions_need_motion():
+    rng = np.random.default_rng(0)
+    clip = render_action("move_right", num_frames=6, size=48, rng=rng)
+    bright = clip.max(-1) > 125
+    columns = [np.nonzero(bright[t])[1].mean() for t in range(6)]
+    assert all(a < b for a, b in zip(columns, columns[1:]))
+    still = render_action("stay_still", num_frames=6, size=48, rng=rng).max(-1) > 125
+    assert (still[0] == still[-1]).all()
+
+
+def test_generated_manifest(manifest):
+    train = manifest["train"]
+    assert len(train) == 2 * len(ACTIONS) and len(manifest["test"]) == len(ACTIONS)
+    assert train.features["label"].names == list(ACTIONS)
+    assert sorted(set(train["label_name"])) == sorted(ACTIONS)
+
+
+def test_multiscale_batches_share_a_scale_and_ranks_agree():
+    sampler = ScaleSampler("static_tokens", frames=(2, 4), resolutions=(28, 56), seed=1)
+    ranks = [MultiScaleBatchSampler(20, 3, sampler, num_replicas=2, rank=r, seed=5) for r in range(2)]
+    epochs = [[list(iter(r)) for _ in range(2)] for r in ranks]  # two epochs per rank
+    assert len(ranks[0]) == 3 and all(len(e) == 3 for e in epochs[0])
+    for epoch in range(2):
+        for step, (batch0, batch1) in enumerate(zip(epochs[0][epoch], epochs[1][epoch])):
+            scales = {item[1:] for item in batch0 + batch1}
+            assert len(scales) == 1  # one scale for the whole step, on both ranks
+            expected = sampler.sample(epoch * 3 + step)
+            assert scales == {(expected.frames, expected.resolution, expected.patch_size)}
+            assert not {i[0] for i in batch0} & {i[0] for i in batch1}  # disjoint items
+    assert [i[0] for b in epochs[0][0] for i in b] != [i[0] for b in epochs[0][1] for i in b]  # reshuffled
+    with pytest.raises(ValueError, match="cannot fill"):
+        MultiScaleBatchSampler(5, 3, sampler, num_replicas=2)
+
+
+def test_fixed_scale_sampler_covers_each_item_once():
+    scale = Scale(4, 56, 4)
+    seen = [i for r in range(3) for b in FixedScaleBatchSampler(10, 2, scale, 3, r) for i, *_ in b]
+    assert sorted(seen) == list(range(10))
+
+
+def test_dataset_decodes_at_the_requested_scale(manifest):
+    dataset = VideoClipDataset(manifest["train"], StretchySnakeVideoProcessor(), training=True)
+    batch = collate_clips([dataset[(i, 4, 28, 2)] for i in (0, 5)])
+    assert batch["pixel_values"].shape == (2, 4, 3, 28, 28)
+    assert batch["labels"].tolist() == [0, 2] and batch["patch_size"] == 2
+    with pytest.raises(ValueError, match="mixes patch sizes"):
+        collate_clips([dataset[(0, 2, 28, 2)], dataset[(1, 2, 28, 4)]])
+
+
+def test_multi_view_evaluation_takes_different_clips_and_crops(tmp_path):
+    frames = np.stack([np.full((32, 64, 3), i * 12, np.uint8) for i in range(20)])
+    frames[:, :, :32] = 0  # left half dark
+    path = write_video(tmp_path / "wide.mp4", frames)
+    rows = [{"video": str(path), "label": 0}]
+    views = {}
+    for clip in range(2):
+        for crop in range(2):
+            dataset = VideoClipDataset(rows, StretchySnakeVideoProcessor(), training=False, view=ClipView(clip, 2, crop, 2))
+            views[clip, crop] = dataset[(0, 3, 32, 8)]["pixel_values"]
+    assert views[0, 0].mean() < views[0, 1].mean()  # left crop darker than right crop
+    assert views[0, 1].mean() < views[1, 1].mean()  # second half of the video is brighter
+
+
+def test_corrupt_videos_are_skipped_counted_and_replaced(manifest, tmp_path, caplog):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    rows = [dict(manifest["train"][0]), {"video": str(broken), "label": 3}, dict(manifest["train"][5])]
+    dataset = VideoClipDataset(rows, StretchySnakeVideoProcessor(), training=True)
+    item = dataset[(1, 2, 28, 2)]
+    assert item["index"] == 2 and item["labels"] == rows[2]["label"]
+    assert dataset.failures == {str(broken): 1}
+    assert "skipping unreadable video" in caplog.text
+    all_broken = VideoClipDataset([{"video": str(broken), "label": 0}] * 3, StretchySnakeVideoProcessor(), max_replacements=2)
+    with pytest.raises(VideoDecodeError, match="in a row"):
+        all_broken[(0, 2, 28, 2)]
