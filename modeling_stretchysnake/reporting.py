@@ -1,0 +1,78 @@
+"""Accuracy over a frames x resolution grid: a printed table, a CSV, a JSON and a heatmap PNG."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .scales import Scale
+
+
+def grid_axes(results: Mapping[Scale, Mapping[str, float]]) -> tuple[list[int], list[int]]:
+    return sorted({s.frames for s in results}), sorted({s.resolution for s in results})
+
+
+def format_table(results: Mapping[Scale, Mapping[str, float]], metric: str = "top1") -> str:
+    """Rows: frames; columns: resolution; the last row and column are means."""
+    frames, resolutions = grid_axes(results)
+    by_key = {(s.frames, s.resolution): v[metric] for s, v in results.items()}
+    header = f"{metric:>10} | " + " ".join(f"{r:>7}px" for r in resolutions) + " |    mean"
+    lines = [header, "-" * len(header)]
+    for f in frames:
+        row = [by_key.get((f, r), float("nan")) for r in resolutions]
+        lines.append(f"{f:>8} f | " + " ".join(f"{v:>9.1f}" for v in row) + f" | {np.nanmean(row):>7.1f}")
+    columns = [np.nanmean([by_key.get((f, r), float("nan")) for f in frames]) for r in resolutions]
+    lines.append(f"{'mean':>10} | " + " ".join(f"{v:>9.1f}" for v in columns) + f" | {np.nanmean(list(by_key.values())):>7.1f}")
+    return "\n".join(lines)
+
+
+def write_results(results: Mapping[Scale, Mapping[str, float]], output_dir: str | Path, name: str = "scale_grid",
+                  metric: str = "top1", title: str | None = None) -> dict[str, Path]:
+    """Write <name>.csv, <name>.json and <name>.png (heatmap of `metric`) under output_dir."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{"frames": s.frames, "resolution": s.resolution, "patch_size": s.patch_size, **values}
+            for s, values in sorted(results.items(), key=lambda item: (item[0].frames, item[0].resolution))]
+    csv_path = output_dir / f"{name}.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path = output_dir / f"{name}.json"
+    json_path.write_text(json.dumps(rows, indent=2))
+    png_path = output_dir / f"{name}.png"
+    plot_heatmap(results, png_path, metric, title)
+    return {"csv": csv_path, "json": json_path, "png": png_path}
+
+
+def plot_heatmap(results: Mapping[Scale, Mapping[str, float]], path: str | Path, metric: str = "top1",
+                 title: str | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames, resolutions = grid_axes(results)
+    grid = np.full((len(frames), len(resolutions)), np.nan)
+    for scale, values in results.items():
+        grid[frames.index(scale.frames), resolutions.index(scale.resolution)] = values[metric]
+    figure, axis = plt.subplots(figsize=(1.2 * len(resolutions) + 2, 0.8 * len(frames) + 1.6))
+    image = axis.imshow(grid, cmap="viridis", vmin=0, vmax=100, origin="lower", aspect="auto")
+    for i in range(len(frames)):
+        for j in range(len(resolutions)):
+            if not np.isnan(grid[i, j]):
+                axis.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center",
+                          color="white" if grid[i, j] < 60 else "black", fontsize=9)
+    axis.set_xticks(range(len(resolutions)), [str(r) for r in resolutions])
+    axis.set_yticks(range(len(frames)), [str(f) for f in frames])
+    axis.set_xlabel("resolution (px)")
+    axis.set_ylabel("frames")
+    axis.set_title(title or f"{metric} accuracy (%) over frames x resolution")
+    figure.colorbar(image, ax=axis, label=f"{metric} (%)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,228 @@
+"""StretchySnakeTrainer: transformers.Trainer with one (frames, resolution, patch) per step and scale-grid evaluation.
+
+Each step's batch comes from `MultiScaleBatchSampler`: every rank draws the same scale for the same step, decodes
+its own share of the clips at that scale, and the model resizes its weights to it on the fly. Evaluation runs the
+model over a grid of scales (single or multi-view) and reports top-1, top-5 and mean class accuracy per scale.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import Trainer
+
+from .data import ClipView, FixedScaleBatchSampler, MultiScaleBatchSampler, VideoClipDataset, collate_clips
+from .scales import Scale, ScaleSampler
+
+NO_DECAY_NAMES = ("position_embeddings", "cls_token", "A_log", "A_b_log")
+
+
+class _MultiScaleDataLoader(DataLoader):
+    """A DataLoader whose epoch reaches the batch sampler (Trainer calls `set_epoch` on the loader)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
+    """top-1, top-5 (or top-k for fewer classes) and mean per-class accuracy, in percent."""
+    k = min(5, num_labels)
+    ranked = np.argsort(-logits, axis=1)
+    top1 = ranked[:, 0] == labels
+    topk = (ranked[:, :k] == labels[:, None]).any(1)
+    per_class = [top1[labels == c].mean() for c in range(num_labels) if (labels == c).any()]
+    return {"top1": 100 * top1.mean(), f"top{k}": 100 * topk.mean(), "mean_class_acc": 100 * float(np.mean(per_class))}
+
+
+def mix_batch(pixel_values: torch.Tensor, targets: torch.Tensor, mixup_alpha: float, cutmix_alpha: float,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or CutMix (chosen at random when both are on) with the batch flipped; soft targets follow."""
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or torch.rand(1, generator=generator).item() < 0.5)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=generator))).beta(alpha, alpha))
+    flipped = pixel_values.flip(0)
+    if use_cutmix:  # the same box in every frame
+        height, width = pixel_values.shape[-2:]
+        cut = math.sqrt(1 - lam)
+        box_h, box_w = int(height * cut), int(width * cut)
+        top = int(torch.randint(0, height - box_h + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - box_w + 1, (1,), generator=generator))
+        pixel_values = pixel_values.clone()
+        pixel_values[..., top : top + box_h, left : left + box_w] = flipped[..., top : top + box_h, left : left + box_w]
+        lam = 1 - box_h * box_w / (height * width)
+    else:
+        pixel_values = lam * pixel_values + (1 - lam) * flipped
+    return pixel_values, lam * targets + (1 - lam) * targets.flip(0)
+
+
+class StretchySnakeTrainer(Trainer):
+    """
+    Args (beyond `transformers.Trainer`'s):
+        scale_sampler: draws the training scale of each step (one of the five variants).
+        eval_scales: the (frames, resolution, patch) grid `evaluate` reports on.
+        eval_views: (temporal clips, spatial crops) averaged per video at evaluation; (1, 1) is single view.
+        mixup_alpha, cutmix_alpha: batch mixing (0 turns it off). Label smoothing: `args.label_smoothing_factor`.
+        layer_decay: layer-wise learning-rate decay (1.0 turns it off).
+    """
+
+    def __init__(self, *args, scale_sampler: ScaleSampler, eval_scales: Sequence[Scale] = (),
+                 eval_views: tuple[int, int] = (1, 1), mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                 layer_decay: float = 1.0, **kwargs):
+        kwargs.setdefault("data_collator", collate_clips)
+        super().__init__(*args, **kwargs)
+        self.scale_sampler = scale_sampler
+        self.eval_scales = list(eval_scales)
+        self.eval_views = tuple(eval_views)
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.layer_decay = layer_decay
+        self._last_scale: tuple[int, int, int] | None = None
+
+    # ----- data -----
+    def get_train_dataloader(self) -> DataLoader:
+        # Not passed through accelerator.prepare: its batch-sampler sharding would give ranks different scales
+        # in one step. The sampler shards by rank itself; Trainer moves each batch to the device.
+        sampler = MultiScaleBatchSampler(
+            len(self.train_dataset), self.args.per_device_train_batch_size, self.scale_sampler,
+            num_replicas=self.accelerator.num_processes, rank=self.accelerator.process_index, seed=self.args.seed,
+        )
+        return _MultiScaleDataLoader(
+            self.train_dataset, batch_sampler=sampler, collate_fn=collate_clips,
+            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+        )
+
+    # ----- optimisation -----
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """Weight decay on matrices only: not on biases, norms, 1-D params, position embeddings, CLS or A_log."""
+        return [
+            name for name, parameter in model.named_parameters()
+            if parameter.ndim > 1 and not any(key in name for key in NO_DECAY_NAMES)
+        ]
+
+    def _layer_id(self, name: str, num_layers: int) -> int:
+        if ".embeddings." in f".{name}":
+            return 0
+        if ".layers." in f".{name}":
+            return int(name.split("layers.")[1].split(".")[0]) + 1
+        return num_layers + 1
+
+    def create_optimizer(self, model=None):
+        if self.layer_decay >= 1.0 or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        num_layers = self.model.config.num_hidden_layers
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[int, bool], dict[str, Any]] = {}
+        for name, parameter in model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            layer = self._layer_id(name, num_layers)
+            key = (layer, name in decay)
+            if key not in groups:
+                scale = self.layer_decay ** (num_layers + 1 - layer)
+                groups[key] = {"params": [], "lr": self.args.learning_rate * scale,
+                               "weight_decay": self.args.weight_decay if name in decay else 0.0}
+            groups[key]["params"].append(parameter)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(list(groups.values()), lr=self.args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        pixel_values, patch_size = inputs["pixel_values"], inputs.get("patch_size")
+        num_labels = self.model.config.num_labels
+        smoothing = self.args.label_smoothing_factor if model.training else 0.0
+        targets = F.one_hot(labels, num_labels).float() * (1 - smoothing) + smoothing / num_labels
+        if model.training and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+            pixel_values, targets = mix_batch(pixel_values, targets, self.mixup_alpha, self.cutmix_alpha)
+        outputs = model(pixel_values=pixel_values, patch_size=patch_size)
+        loss = F.cross_entropy(outputs.logits.float(), targets)
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        pixel_values = inputs["pixel_values"]
+        self._last_scale = (pixel_values.shape[1], pixel_values.shape[-1], int(inputs["patch_size"]))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._last_scale is not None:
+            logs["frames"], logs["resolution"], logs["patch_size"] = self._last_scale
+        super().log(logs, start_time)
+
+    # ----- evaluation -----
+    @torch.no_grad()
+    def predict_scale(self, dataset: VideoClipDataset, scale: Scale) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (averaged over the evaluation views as probabilities) and labels of every item at one scale."""
+        from accelerate.utils import gather_object
+
+        model = self.accelerator.unwrap_model(self.model) if self.model_wrapped is not self.model else self.model
+        was_training = model.training
+        model.eval()
+        clips, crops = self.eval_views
+        scores: dict[int, torch.Tensor] = {}
+        labels: dict[int, int] = {}
+        for clip in range(clips):
+            for crop in range(crops):
+                view_set = copy.copy(dataset)
+                view_set.view = ClipView(clip, clips, crop, crops)
+                sampler = FixedScaleBatchSampler(len(dataset), self.args.per_device_eval_batch_size, scale,
+                                                 self.accelerator.num_processes, self.accelerator.process_index)
+                loader = DataLoader(view_set, batch_sampler=sampler, collate_fn=_collate_with_index,
+                                    num_workers=self.args.dataloader_num_workers)
+                seen = set()  # an unreadable video is replaced by the next one: count each video once per view
+                for batch in loader:
+                    logits = model(pixel_values=batch["pixel_values"].to(self.args.device),
+                                   patch_size=batch["patch_size"]).logits.float().cpu()
+                    for index, label, row in zip(batch["index"], batch["labels"].tolist(), logits.softmax(-1)):
+                        if index in seen:
+                            continue
+                        seen.add(index)
+                        scores[index] = scores.get(index, 0) + row / (clips * crops)
+                        labels[index] = label
+                dataset.failures.update(view_set.failures)
+        gathered = gather_object([(i, scores[i].numpy(), labels[i]) for i in scores])
+        merged = {i: (s, l) for i, s, l in gathered}
+        order = sorted(merged)
+        model.train(was_training)
+        return np.stack([merged[i][0] for i in order]), np.array([merged[i][1] for i in order])
+
+    def evaluate_scales(self, dataset: VideoClipDataset | None = None,
+                        scales: Sequence[Scale] | None = None) -> dict[Scale, dict[str, float]]:
+        dataset = dataset if dataset is not None else self.eval_dataset
+        scales = list(scales or self.eval_scales)
+        num_labels = self.model.config.num_labels
+        results = {}
+        for scale in tqdm(scales, desc="eval scales", disable=not self.is_world_process_zero()):
+            logits, labels = self.predict_scale(dataset, scale)
+            results[scale] = classification_metrics(np.log(logits + 1e-12), labels, num_labels)
+        return results
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Accuracy over `eval_scales`; logs `eval_top1@FxR` per scale and the grid means."""
+        results = self.evaluate_scales(eval_dataset)
+        metrics = {}
+        for scale, values in results.items():
+            for name, value in values.items():
+                metrics[f"{metric_key_prefix}_{name}@{scale.frames}x{scale.resolution}"] = value
+        for name in next(iter(results.values()), {}):
+            metrics[f"{metric_key_prefix}_{name}_grid_mean"] = float(np.mean([v[name] for v in results.values()]))
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        metrics[f"{metric_key_prefix}_skipped_videos"] = float(sum(dataset.failures.values()))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.last_scale_results = results
+        return metrics
+
+
+def _collate_with_index(items):
+    batch = collate_clips(items)
+    batch["index"] = [item["index"] for item in items]
+    return batch

@@ -1,0 +1,175 @@
+"""Flexible (multi-scale) training of StretchySnake, then accuracy over a frames x resolution grid.
+
+    accelerate launch recipes/train.py                                   # embedded default, a few minutes on CPU
+    accelerate launch recipes/train.py --config recipes/configs/ucf101.yaml
+    accelerate launch --num_processes 2 --cpu recipes/train.py --max_steps 20   # 2 CPU processes (gloo)
+
+Every option is a CLI flag (`python recipes/train.py --help`); a YAML `--config` sets many at once and flags
+given after it win. With no `--manifest`, a generated action dataset (moving shapes whose classes need motion
+to tell apart, written as real video files) is rendered under `--data_root` and used.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments, set_seed
+
+from modeling_stretchysnake import (
+    STRETCHYSNAKE_PRESETS,
+    StretchySnakeConfig,
+    StretchySnakeForVideoClassification,
+    StretchySnakeVideoProcessor,
+)
+from modeling_stretchysnake.data import VideoClipDataset
+from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
+from modeling_stretchysnake.reporting import format_table, write_results
+from modeling_stretchysnake.scales import VARIANTS, Scale, ScaleSampler
+from modeling_stretchysnake.trainer import StretchySnakeTrainer
+
+logger = logging.getLogger("stretchysnake.train")
+
+# The embedded default: a small model with a 7 x 7 base token grid, so a CPU trains it in minutes.
+EMBEDDED_MODEL = dict(hidden_size=96, num_hidden_layers=4, image_size=112, patch_size=16, num_frames=8,
+                      drop_path_rate=0.0)
+DEFAULT_TRAINING_FLAGS = [
+    "--output_dir", "outputs/stretchysnake-embedded", "--num_train_epochs", "6", "--per_device_train_batch_size", "8",
+    "--per_device_eval_batch_size", "8", "--learning_rate", "2e-3", "--weight_decay", "0.05",
+    "--warmup_steps", "10", "--lr_scheduler_type", "cosine", "--label_smoothing_factor", "0.1",
+    "--logging_steps", "5", "--save_strategy", "no", "--report_to", "none", "--seed", "0",
+    "--dataloader_num_workers", "0",
+]
+
+
+@dataclass
+class StretchySnakeArguments:
+    config: str | None = field(default=None, metadata={"help": "YAML file of options; later flags override it"})
+    manifest: str | None = field(default=None, metadata={"help": "a DatasetDict saved by data_scripts/ (default: generated data)"})
+    train_split: str = "train"
+    eval_split: str = "test"
+    data_root: str = field(default="outputs/generated_actions", metadata={"help": "where generated data is written"})
+    generated_train_per_class: int = 24
+    generated_eval_per_class: int = 8
+    model_name_or_path: str | None = field(default=None, metadata={"help": "a saved or converted model folder"})
+    preset: str = field(default="embedded", metadata={"help": "fresh model size: embedded, tiny, small, middle"})
+    base_frames: int | None = field(default=None, metadata={"help": "frames the temporal position embedding is stored at"})
+    variant: str = field(default="static_tokens", metadata={"help": f"flexible-training variant: {', '.join(VARIANTS)}"})
+    train_frames: list[int] = field(default_factory=lambda: [4, 8])
+    train_resolutions: list[int] = field(default_factory=lambda: [56, 84, 112])
+    train_patch_sizes: list[int] | None = field(default=None, metadata={"help": "for variants that draw a patch size"})
+    eval_frames: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    eval_resolutions: list[int] = field(default_factory=lambda: [56, 84, 112, 168])
+    eval_clips: int = 1
+    eval_crops: int = 1
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    layer_decay: float = 1.0
+    decoder: str = field(default="auto", metadata={"help": "auto (decord, then PyAV), decord or pyav"})
+
+
+def yaml_to_flags(path: str) -> list[str]:
+    options = yaml.safe_load(Path(path).read_text()) or {}
+    flags = []
+    for key, value in options.items():
+        values = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *[str(v) for v in values]]
+    return flags
+
+
+def parse_arguments(argv: list[str]) -> tuple[StretchySnakeArguments, TrainingArguments]:
+    config_flags = []
+    if "--config" in argv:
+        config_flags = yaml_to_flags(argv[argv.index("--config") + 1])
+    parser = HfArgumentParser((StretchySnakeArguments, TrainingArguments))
+    script_args, training_args = parser.parse_args_into_dataclasses(DEFAULT_TRAINING_FLAGS + config_flags + argv)
+    return script_args, training_args
+
+
+def load_manifest(args: StretchySnakeArguments, training_args: TrainingArguments):
+    from datasets import load_from_disk
+
+    if args.manifest:
+        return load_from_disk(args.manifest)
+    from modeling_stretchysnake.synthetic_actions import generate_action_dataset
+
+    saved = Path(args.data_root) / "manifest"
+    if training_args.process_index == 0 and not saved.exists():
+        logger.info("rendering the generated action dataset under %s", args.data_root)
+        generate_action_dataset(args.data_root, {args.train_split: args.generated_train_per_class,
+                                                 args.eval_split: args.generated_eval_per_class}, seed=training_args.seed)
+    with training_args.main_process_first(desc="generated dataset"):  # other ranks wait for rank 0's render
+        return load_from_disk(str(saved))
+
+
+def build_model(args: StretchySnakeArguments, label_names: list[str]) -> StretchySnakeForVideoClassification:
+    id2label = dict(enumerate(label_names))
+    scale_mode = "static_patches" if args.variant in ("temporal", "static_patches") else "static_tokens"
+    if args.model_name_or_path:
+        return StretchySnakeForVideoClassification.from_pretrained(
+            args.model_name_or_path, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            num_labels=len(label_names), scale_mode=scale_mode, ignore_mismatched_sizes=True,
+        )
+    if args.preset == "embedded":
+        values = dict(EMBEDDED_MODEL)
+    elif args.preset in STRETCHYSNAKE_PRESETS:
+        values = dict(STRETCHYSNAKE_PRESETS[args.preset], num_frames=max(args.train_frames))
+    else:
+        raise ValueError(f"unknown preset {args.preset!r}")
+    if args.base_frames:
+        values["num_frames"] = args.base_frames
+    config = StretchySnakeConfig(**values, id2label=id2label, scale_mode=scale_mode)
+    return StretchySnakeForVideoClassification(config)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(training_args.seed)
+
+    manifest = load_manifest(args, training_args)
+    train_rows, eval_rows = manifest[args.train_split], manifest[args.eval_split]
+    label_feature = train_rows.features["label"]
+    label_names = label_feature.names if hasattr(label_feature, "names") else sorted(set(train_rows["label_name"]))
+    model = build_model(args, label_names)
+    config = model.config
+    grid = config.grid_size
+    scale_sampler = ScaleSampler(args.variant, frames=args.train_frames, resolutions=args.train_resolutions,
+                                 patch_sizes=args.train_patch_sizes, grid=grid, seed=training_args.seed)
+    eval_scales = [Scale(f, r, resolve_patch_size(config, r, r)) for f in args.eval_frames for r in args.eval_resolutions]
+    processor = StretchySnakeVideoProcessor(num_frames=max(args.train_frames), resolution=config.image_size,
+                                            decoder=args.decoder)
+    train_set = VideoClipDataset(train_rows, processor, training=True, decoder=args.decoder)
+    eval_set = VideoClipDataset(eval_rows, processor, training=False, decoder=args.decoder)
+    logger.info("model %s/%d layers, %.2fM parameters; %s; %d train / %d eval videos; eval grid %s",
+                config.hidden_size, config.num_hidden_layers, model.num_parameters() / 1e6, scale_sampler,
+                len(train_set), len(eval_set), [str(s) for s in eval_scales])
+    logger.info("evaluation protocol: %d clip(s) x %d crop(s) per video, shortest-side resize + crop, top-1/top-5/"
+                "mean class accuracy per frames x resolution", args.eval_clips, args.eval_crops)
+
+    trainer = StretchySnakeTrainer(
+        model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set, processing_class=processor,
+        scale_sampler=scale_sampler, eval_scales=eval_scales, eval_views=(args.eval_clips, args.eval_crops),
+        mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha, layer_decay=args.layer_decay,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    final_dir = Path(training_args.output_dir) / "final"
+    trainer.save_model(str(final_dir))
+
+    metrics = trainer.evaluate()
+    results = trainer.last_scale_results
+    if trainer.is_world_process_zero():
+        paths = write_results(results, training_args.output_dir, title=f"{args.variant}: top-1 (%)")
+        skipped = sum(train_set.failures.values()) + sum(eval_set.failures.values())
+        print(f"\nsaved model: {final_dir}\nresults: {paths['csv']}, heatmap: {paths['png']}")
+        print(f"unreadable videos skipped: {skipped}" + (f" ({sorted(set(train_set.failures) | set(eval_set.failures))})" if skipped else ""))
+        print(f"\ntop-1 accuracy (%) over frames x resolution, variant {args.variant}, "
+              f"chance {100 / len(label_names):.1f}%:\n{format_table(results)}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The training recipe end to end on tiny generated data: one process, two CPU processes, a corrupt video."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modeling_stretchysnake.synthetic_actions import generate_action_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RUN = [
+    "--max_steps", "4", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4",
+    "--train_frames", "2", "3", "--train_resolutions", "28", "56", "--eval_frames", "2", "4",
+    "--eval_resolutions", "28", "--logging_steps", "1", "--base_frames", "4",
+]
+
+
+@pytest.fixture(scope="module")
+def manifest_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    manifest = generate_action_dataset(root, {"train": 2, "test": 1}, num_frames=6, size=32)
+    broken = root / "broken.mp4"
+    broken.write_bytes(b"\x00garbage" * 64)
+    # Add an unreadable video to the training split: the run must skip it, report it, and go on.
+    rows = manifest["train"].to_list() + [{"video": str(broken), "label": 1, "label_name": "move_right",
+                                           "start": None, "end": None, "time_unit": "frames"}]
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_list(rows, features=manifest["train"].features),
+                 "test": manifest["test"]}).save_to_disk(str(root / "with_broken"))
+    return root / "with_broken"
+
+
+def run(command, cwd, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    return result
+
+
+def test_train_recipe_one_process(manifest_dir, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("variant: static_tokens\nlearning_rate: 0.001\npreset: embedded\n")
+    out = tmp_path / "out"
+    result = run([sys.executable, str(ROOT / "recipes" / "train.py"), "--config", str(config), "--manifest",
+                  str(manifest_dir), "--output_dir", str(out), *TINY_RUN], tmp_path)
+    assert "top-1 accuracy (%) over frames x resolution" in result.stdout
+    assert "unreadable videos skipped: " in result.stdout and "broken.mp4" in result.stdout + result.stderr
+    rows = json.loads((out / "scale_grid.json").read_text())
+    assert {(r["frames"], r["resolution"]) for r in rows} == {(2, 28), (4, 28)}
+    assert (out / "scale_grid.png").read_bytes()[:4] == b"\x89PNG"
+    final = out / "final"
+    assert (final / "model.safetensors").exists() and (final / "modeling_stretchysnake.py").exists()
+    assert (final / "video_preprocessor_config.json").exists()
+
+
+def test_yaml_and_flags_override_order():
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import train
+
+    args, training_args = train.parse_arguments(["--variant", "static_patches", "--train_frames", "8", "16"])
+    assert args.variant == "static_patches" and args.train_frames == [8, 16]
+    assert training_args.output_dir == "outputs/stretchysnake-embedded" and training_args.label_smoothing_factor == 0.1
+
+
+def test_train_recipe_two_cpu_processes(manifest_dir, tmp_path):
+    out = tmp_path / "out2"
+    result = run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+                  str(ROOT / "recipes" / "train.py"), "--manifest", str(manifest_dir), "--output_dir", str(out),
+                  *TINY_RUN], tmp_path, timeout=900)
+    assert result.stdout.count("top-1 accuracy (%) over frames x resolution") == 1  # printed by rank 0 only
+    assert (out / "final" / "model.safetensors").exists()

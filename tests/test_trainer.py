@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from conftest import small_config
+from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
+from modeling_stretchysnake.data import VideoClipDataset
+from modeling_stretchysnake.reporting import format_table, write_results
+from modeling_stretchysnake.scales import Scale, ScaleSampler
+from modeling_stretchysnake.synthetic_actions import generate_action_dataset
+from modeling_stretchysnake.trainer import StretchySnakeTrainer, classification_metrics, mix_batch
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return generate_action_dataset(tmp_path_factory.mktemp("synthetic"), {"train": 4, "test": 2}, num_frames=8, size=32)
+
+
+def make_trainer(manifest, tmp_path, **kwargs):
+    torch.manual_seed(0)
+    model = StretchySnakeForVideoClassification(small_config(num_labels=5))
+    processor = StretchySnakeVideoProcessor(num_frames=4, resolution=32)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                             max_steps=kwargs.pop("max_steps", 3), learning_rate=1e-3, weight_decay=0.05,
+                             logging_steps=1, report_to="none", save_strategy="no", label_smoothing_factor=0.1,
+                             use_cpu=True, disable_tqdm=True)
+    return StretchySnakeTrainer(
+        model=model, args=args, train_dataset=VideoClipDataset(manifest["train"], processor, training=True),
+        eval_dataset=VideoClipDataset(manifest["test"], processor, training=False), processing_class=processor,
+        scale_sampler=ScaleSampler("static_tokens", frames=(2, 3), resolutions=(16, 32), grid=4, seed=0),
+        eval_scales=[Scale(2, 16, 4), Scale(3, 32, 8)], **kwargs,
+    )
+
+
+def test_training_steps_log_their_scale_and_change_weights(manifest, tmp_path):
+    trainer = make_trainer(manifest, tmp_path)
+    before = trainer.model.stretchysnake.embeddings.patch_embeddings.weight.detach().clone()
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 3
+    expected = [trainer.scale_sampler.sample(step) for step in range(3)]
+    assert [(e["frames"], e["resolution"], e["patch_size"]) for e in logged] == [
+        (s.frames, s.resolution, s.patch_size) for s in expected
+    ]
+    assert not torch.equal(before, trainer.model.stretchysnake.embeddings.patch_embeddings.weight)
+
+
+def test_weight_decay_groups_exclude_embeddings_and_vectors(manifest, tmp_path):
+    trainer = make_trainer(manifest, tmp_path)
+    names = set(trainer.get_decay_parameter_names(trainer.model))
+    assert "stretchysnake.layers.0.mixer.in_proj.weight" in names
+    assert "classifier.weight" in names
+    for excluded in ("stretchysnake.embeddings.position_embeddings", "stretchysnake.embeddings.cls_token",
+                     "stretchysnake.embeddings.temporal_position_embeddings", "stretchysnake.layers.0.mixer.A_log",
+                     "stretchysnake.layers.0.mixer.D", "classifier.bias", "stretchysnake.norm_f.weight"):
+        assert excluded not in names
+
+
+def test_layer_decay_scales_learning_rates(manifest, tmp_path):
+    trainer = make_trainer(manifest, tmp_path, layer_decay=0.5)
+    optimizer = trainer.create_optimizer()
+    lr_of = {}
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            lr_of[id(parameter)] = group["lr"]
+    model = trainer.model
+    assert lr_of[id(model.classifier.weight)] == pytest.approx(1e-3)
+    assert lr_of[id(model.stretchysnake.layers[1].mixer.in_proj.weight)] == pytest.approx(1e-3 * 0.5)
+    assert lr_of[id(model.stretchysnake.layers[0].mixer.in_proj.weight)] == pytest.approx(1e-3 * 0.25)
+    assert lr_of[id(model.stretchysnake.embeddings.cls_token)] == pytest.approx(1e-3 * 0.125)
+
+
+def test_evaluate_reports_every_scale_and_grid_means(manifest, tmp_path):
+    trainer = make_trainer(manifest, tmp_path, eval_views=(2, 2))
+    metrics = trainer.evaluate()
+    for key in ("eval_top1@2x16", "eval_top1@3x32", "eval_top5@3x32", "eval_mean_class_acc@2x16", "eval_top1_grid_mean"):
+        assert 0 <= metrics[key] <= 100
+    assert metrics["eval_top5@2x16"] == 100.0  # 5 classes: the true one is always in the top 5
+    assert set(trainer.last_scale_results) == {Scale(2, 16, 4), Scale(3, 32, 8)}
+
+
+def test_classification_metrics():
+    logits = np.array([[3, 1, 0], [0, 3, 1], [0, 1, 3], [3, 0, 1]], dtype=float)
+    labels = np.array([0, 1, 1, 2])
+    metrics = classification_metrics(logits, labels, 3)
+    assert metrics["top1"] == pytest.approx(50.0)
+    assert metrics["top3"] == pytest.approx(100.0)
+    assert metrics["mean_class_acc"] == pytest.approx((100 + 50 + 0) / 3)
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0)])
+def test_mix_batch_mixes_inputs_and_targets_consistently(mixup, cutmix):
+    pixel_values = torch.stack([torch.zeros(2, 3, 8, 8), torch.ones(2, 3, 8, 8)])
+    targets = torch.eye(2)
+    mixed, soft = mix_batch(pixel_values, targets, mixup, cutmix, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(soft.sum(1), torch.ones(2))
+    # the share of the other clip in the pixels equals its weight in the targets
+    torch.testing.assert_close(mixed[0].mean(), soft[0, 1], atol=1e-5, rtol=0)
+
+
+def test_results_table_and_files(tmp_path):
+    results = {Scale(f, r, r // 14): {"top1": f + r / 100, "top5": 100.0} for f in (4, 8) for r in (56, 112)}
+    table = format_table(results)
+    assert "56px" in table and "112px" in table and "mean" in table
+    paths = write_results(results, tmp_path)
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["csv"].read_text().splitlines()[0] == "frames,resolution,patch_size,top1,top5"
