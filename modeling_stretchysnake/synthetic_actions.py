@@ -64,7 +64,7 @@ def generate_action_dataset(root: str | Path, videos_per_class: dict[str, int] |
     """
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-    root = Path(root)
+    root = Path(root).resolve()  # manifests hold absolute paths: usable from any working directory
     counts = {"train": videos_per_class} if isinstance(videos_per_class, int) else dict(videos_per_class)
     rng = np.random.default_rng(seed)
     features = Features({"video": Value("string"), "label": ClassLabel(names=list(ACTIONS)),

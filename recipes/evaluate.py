@@ -1,0 +1,80 @@
+"""Evaluate any saved (or converted VideoMamba) model on a manifest over a frames x resolution grid.
+
+    python recipes/evaluate.py --model outputs/stretchysnake-embedded/final --manifest outputs/generated_actions/manifest
+    python recipes/evaluate.py --model M --manifest D --frames 8 16 32 64 --resolutions 96 128 224 384 --clips 2 --crops 3
+    python recipes/evaluate.py --model M --manifest D --probes          # also 1-NN retrieval and a linear probe
+
+Prints a table of top-1 accuracy (rows: frames, columns: resolution), writes CSV/JSON and a heatmap PNG of top-1
+to --output_dir. Protocol: frames spread uniformly over each video (per temporal clip when --clips > 1),
+shortest-side resize to the resolution then --crops crops along the longer side; view probabilities averaged.
+The patch size at each resolution follows the model's scale_mode (static tokens: resolution / 14 for 224/16 models).
+The probes use frozen CLS features of the --probe_train_split (train) and --split (test) sets at each grid scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from datasets import load_from_disk
+from transformers import TrainingArguments
+
+from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
+from modeling_stretchysnake.data import VideoClipDataset
+from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
+from modeling_stretchysnake.probes import probe_scores
+from modeling_stretchysnake.reporting import format_table, write_results
+from modeling_stretchysnake.scales import Scale, ScaleSampler
+from modeling_stretchysnake.trainer import StretchySnakeTrainer
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a saved StretchySnake folder")
+    parser.add_argument("--manifest", required=True, help="a DatasetDict saved by data_scripts/ or the train recipe")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--frames", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[56, 84, 112, 168])
+    parser.add_argument("--clips", type=int, default=1, help="temporal views per video")
+    parser.add_argument("--crops", type=int, default=1, help="spatial views per video")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--probes", action="store_true", help="also 1-NN retrieval and linear probe on CLS features")
+    parser.add_argument("--probe_train_split", default="train")
+    parser.add_argument("--decoder", default="auto")
+    parser.add_argument("--output_dir", default="outputs/evaluation")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = StretchySnakeForVideoClassification.from_pretrained(args.model).eval()
+    manifest = load_from_disk(args.manifest)
+    processor = StretchySnakeVideoProcessor(decoder=args.decoder)
+    test_set = VideoClipDataset(manifest[args.split], processor, training=False, decoder=args.decoder)
+    scales = [Scale(f, r, resolve_patch_size(model.config, r, r)) for f in args.frames for r in args.resolutions]
+    trainer = StretchySnakeTrainer(
+        model=model, args=TrainingArguments(output_dir=args.output_dir, per_device_eval_batch_size=args.batch_size,
+                                            report_to="none", dataloader_num_workers=0),
+        eval_dataset=test_set, scale_sampler=ScaleSampler("static_tokens"), eval_scales=scales,
+        eval_views=(args.clips, args.crops),
+    )
+    results = trainer.evaluate_scales()
+    if args.probes:
+        train_set = VideoClipDataset(manifest[args.probe_train_split], processor, training=False, decoder=args.decoder)
+        for scale in scales:
+            results[scale].update(probe_scores(model, train_set, test_set, scale, model.config.num_labels,
+                                               args.batch_size, trainer.args.device))
+    if not trainer.is_world_process_zero():
+        return results
+    paths = write_results(results, args.output_dir, title=f"{Path(args.model).name}: top-1 (%)")
+    print(f"\n{len(test_set)} videos of {args.manifest} [{args.split}], {args.clips} clip(s) x {args.crops} crop(s); "
+          f"skipped unreadable: {sum(test_set.failures.values())}\nresults: {paths['csv']}, heatmap: {paths['png']}")
+    for metric in ("top1", "mean_class_acc") + (("knn_top1", "linear_probe_top1") if args.probes else ()):
+        print(f"\n{format_table(results, metric)}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Top-k labels for one video file at any scale.
+
+    python recipes/predict.py --model outputs/stretchysnake-embedded/final --video clip.mp4 --frames 16 --resolution 112
+    python recipes/predict.py --model M --video clip.mp4 --pipeline     # through transformers' pipeline()
+
+The video is decoded at the requested frames x resolution (frames spread over the whole clip, shortest-side
+resize + centre crop) and classified in one forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
+
+
+def predict(model, processor, video: str, frames: int, resolution: int, top_k: int = 5) -> list[tuple[str, float]]:
+    pixel_values = processor(video, scale=(frames, resolution))["pixel_values"]
+    with torch.inference_mode():
+        probabilities = model(pixel_values).logits.softmax(-1)[0]
+    top = probabilities.topk(min(top_k, probabilities.numel()))
+    return [(model.config.id2label[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--video", required=True)
+    parser.add_argument("--frames", type=int, default=None, help="default: the processor's (or model's) frames")
+    parser.add_argument("--resolution", type=int, default=None, help="default: the processor's resolution")
+    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--pipeline", action="store_true", help="run through transformers.pipeline")
+    args = parser.parse_args(argv)
+
+    model = StretchySnakeForVideoClassification.from_pretrained(args.model).eval()
+    try:
+        processor = StretchySnakeVideoProcessor.from_pretrained(args.model)
+    except OSError:  # a folder without a saved processor (e.g. a converted checkpoint)
+        processor = StretchySnakeVideoProcessor(num_frames=model.config.num_frames, resolution=model.config.image_size)
+    frames = args.frames or processor.num_frames
+    resolution = args.resolution or processor.resolution
+    if args.pipeline:
+        from transformers import pipeline
+
+        processor.resolution = resolution
+        classify = pipeline("video-classification", model=model, video_processor=processor)
+        results = [(r["label"], r["score"]) for r in classify(args.video, top_k=args.top_k, num_frames=frames)]
+    else:
+        results = predict(model, processor, args.video, frames, resolution, args.top_k)
+    print(f"{args.video} at {frames} frames x {resolution} px:")
+    for label, score in results:
+        print(f"  {score:6.3f}  {label}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import small_config
+from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
+from modeling_stretchysnake.probes import linear_probe_accuracy, nearest_neighbour_accuracy
+from modeling_stretchysnake.synthetic_actions import ACTIONS, generate_action_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+import evaluate as evaluate_recipe  # noqa: E402
+import predict as predict_recipe  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    generate_action_dataset(root / "data", {"train": 2, "test": 1}, num_frames=6, size=32)
+    torch.manual_seed(0)
+    model = StretchySnakeForVideoClassification(small_config(num_labels=5, id2label=dict(enumerate(ACTIONS))))
+    model.save_pretrained(root / "model")
+    StretchySnakeVideoProcessor(num_frames=3, resolution=16).save_pretrained(root / "model")
+    return root
+
+
+def test_evaluate_recipe_grid_probes_and_files(saved, capsys):
+    out = saved / "out"
+    results = evaluate_recipe.main(["--model", str(saved / "model"), "--manifest", str(saved / "data" / "manifest"),
+                                    "--frames", "2", "4", "--resolutions", "16", "32", "--clips", "2", "--crops", "2",
+                                    "--probes", "--output_dir", str(out), "--batch_size", "4"])
+    assert len(results) == 4
+    for values in results.values():
+        assert {"top1", "top5", "mean_class_acc", "knn_top1", "linear_probe_top1"} <= set(values)
+    printed = capsys.readouterr().out
+    assert "knn_top1" in printed and "linear_probe_top1" in printed and "2 clip(s) x 2 crop(s)" in printed
+    rows = json.loads((out / "scale_grid.json").read_text())
+    assert {(r["frames"], r["resolution"], r["patch_size"]) for r in rows} == {(2, 16, 4), (2, 32, 8), (4, 16, 4), (4, 32, 8)}
+
+
+def test_predict_recipe_direct_and_through_pipeline(saved):
+    video = next((saved / "data" / "test" / "move_left").glob("*.mp4"))
+    direct = predict_recipe.main(["--model", str(saved / "model"), "--video", str(video), "--frames", "3",
+                                  "--resolution", "16", "--top_k", "3"])
+    piped = predict_recipe.main(["--model", str(saved / "model"), "--video", str(video), "--frames", "3",
+                                 "--resolution", "16", "--top_k", "3", "--pipeline"])
+    assert [label for label, _ in direct] == [label for label, _ in piped]
+    assert all(label in ACTIONS for label, _ in direct)
+    for (_, a), (_, b) in zip(direct, piped):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_probes_on_separable_features():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=generator) * 5
+    train_labels, test_labels = torch.arange(3).repeat(10), torch.arange(3).repeat(4)
+    train = centres[train_labels] + torch.randn(30, 8, generator=generator)
+    test = centres[test_labels] + torch.randn(12, 8, generator=generator)
+    assert nearest_neighbour_accuracy(train, train_labels, test, test_labels) == 100.0
+    assert linear_probe_accuracy(train, train_labels, test, test_labels, 3) == 100.0
+    shuffled = test_labels[torch.randperm(12, generator=generator)]
+    assert nearest_neighbour_accuracy(train, train_labels, test, shuffled) < 100.0
