@@ -121,3 +121,25 @@ def test_backend_is_logged_once(monkeypatch, caplog):
         for _ in range(3):
             resolve_scan_backend("chunked", torch.device("cpu"))
     assert sum("backend: chunked" in record.message for record in caplog.records) == 1
+
+
+@pytest.mark.parametrize("a_scale", [1e4, 30.0])
+def test_extreme_decay_is_finite_and_matches_reference_with_gradients(a_scale):
+    # a_scale 1e4: thousands of log-decay per step (length-1 chunks); 30: chunks close to the split limit.
+    names = ("u", "delta", "A", "B", "C")
+    results = []
+    for fn in (selective_scan_reference, selective_scan_chunked):
+        inputs = scan_inputs(dtype=torch.float64, length=40, seed=3)
+        inputs["A"] = inputs["A"] * a_scale
+        for name in names:
+            inputs[name] = inputs[name].float().requires_grad_(True)
+        for name in ("D", "z", "delta_bias"):
+            inputs[name] = inputs[name].float()
+        out = fn(**inputs)
+        (out * 100).sum().backward()
+        results.append((out.detach(), [inputs[name].grad for name in names]))
+    (ref_out, ref_grads), (out, grads) = results
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
+    for name, g, r in zip(names, grads, ref_grads):
+        assert (g - r).abs().max() / r.abs().max().clamp(min=1.0) < 1e-3, name
