@@ -76,3 +76,26 @@ def plot_heatmap(results: Mapping[Scale, Mapping[str, float]], path: str | Path,
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_training_curve(log_history: list[dict], path: str | Path) -> None:
+    """Training loss per logged step, coloured by the step's resolution (from Trainer's log_history)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [e for e in log_history if "loss" in e and "step" in e]
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    if entries:
+        steps = [e["step"] for e in entries]
+        axis.plot(steps, [e["loss"] for e in entries], color="0.6", linewidth=1)
+        points = axis.scatter(steps, [e["loss"] for e in entries], c=[e.get("resolution", 0) for e in entries],
+                              cmap="viridis", s=18, zorder=3)
+        figure.colorbar(points, ax=axis, label="resolution of the step (px)")
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss")
+    axis.set_title("flexible training: loss per logged step")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -27,7 +27,7 @@ from modeling_stretchysnake import (
 )
 from modeling_stretchysnake.data import VideoClipDataset
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
-from modeling_stretchysnake.reporting import format_table, write_results
+from modeling_stretchysnake.reporting import format_table, plot_training_curve, write_results
 from modeling_stretchysnake.scales import VARIANTS, Scale, ScaleSampler
 from modeling_stretchysnake.trainer import StretchySnakeTrainer
 
@@ -47,7 +47,7 @@ DEFAULT_TRAINING_FLAGS = [
 
 @dataclass
 class StretchySnakeArguments:
-    config: str | None = field(default=None, metadata={"help": "YAML file of options; later flags override it"})
+    config: str | None = field(default=None, metadata={"help": "YAML file of options (repeatable); later ones and flags win"})
     manifest: str | None = field(default=None, metadata={"help": "a DatasetDict saved by data_scripts/ (default: generated data)"})
     train_split: str = "train"
     eval_split: str = "test"
@@ -81,9 +81,8 @@ def yaml_to_flags(path: str) -> list[str]:
 
 
 def parse_arguments(argv: list[str]) -> tuple[StretchySnakeArguments, TrainingArguments]:
-    config_flags = []
-    if "--config" in argv:
-        config_flags = yaml_to_flags(argv[argv.index("--config") + 1])
+    # Each --config (in order) expands to flags; flags on the command line come last and win.
+    config_flags = [flag for i, arg in enumerate(argv[:-1]) if arg == "--config" for flag in yaml_to_flags(argv[i + 1])]
     parser = HfArgumentParser((StretchySnakeArguments, TrainingArguments))
     script_args, training_args = parser.parse_args_into_dataclasses(DEFAULT_TRAINING_FLAGS + config_flags + argv)
     return script_args, training_args
@@ -163,8 +162,10 @@ def main(argv: list[str] | None = None) -> dict:
     results = trainer.last_scale_results
     if trainer.is_world_process_zero():
         paths = write_results(results, training_args.output_dir, title=f"{args.variant}: top-1 (%)")
+        plot_training_curve(trainer.state.log_history, Path(training_args.output_dir) / "training_curve.png")
         skipped = sum(train_set.failures.values()) + sum(eval_set.failures.values())
-        print(f"\nsaved model: {final_dir}\nresults: {paths['csv']}, heatmap: {paths['png']}")
+        print(f"\nsaved model: {final_dir}\nresults: {paths['csv']}, heatmap: {paths['png']}, "
+              f"loss curve: {Path(training_args.output_dir) / 'training_curve.png'}")
         print(f"unreadable videos skipped: {skipped}" + (f" ({sorted(set(train_set.failures) | set(eval_set.failures))})" if skipped else ""))
         print(f"\ntop-1 accuracy (%) over frames x resolution, variant {args.variant}, "
               f"chance {100 / len(label_names):.1f}%:\n{format_table(results)}")

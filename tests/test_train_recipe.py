@@ -74,3 +74,28 @@ def test_train_recipe_two_cpu_processes(manifest_dir, tmp_path):
                   *TINY_RUN], tmp_path, timeout=900)
     assert result.stdout.count("top-1 accuracy (%) over frames x resolution") == 1  # printed by rank 0 only
     assert (out / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_config_parses(config):
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import train
+
+    from modeling_stretchysnake.scales import ScaleSampler
+
+    args, training_args = train.parse_arguments(["--config", str(config)])
+    sampler = ScaleSampler(args.variant, args.train_frames, args.train_resolutions, args.train_patch_sizes)
+    assert sampler.all_scales()
+    if not config.stem.startswith("variant_"):
+        assert args.model_name_or_path and args.manifest and training_args.label_smoothing_factor == 0.1
+
+
+def test_configs_combine_in_order():
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import train
+
+    configs = ROOT / "recipes" / "configs"
+    args, training_args = train.parse_arguments(["--config", str(configs / "ucf101.yaml"), "--config",
+                                                 str(configs / "variant_flexivit.yaml"), "--learning_rate", "3e-4"])
+    assert args.variant == "flexivit" and args.train_resolutions == [240] and args.manifest == "manifests/ucf101"
+    assert training_args.learning_rate == 3e-4
