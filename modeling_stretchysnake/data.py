@@ -56,11 +56,13 @@ def _output_size(width: int, height: int, resolution: int | None, resize: str) -
 def _read_decord(path, num_frames, resolution, resize, start, end, time_unit):
     import decord
 
-    probe = decord.VideoReader(str(path), num_threads=1)
-    height, width = probe[0].shape[:2]
-    out_width, out_height = _output_size(width, height, resolution, resize)
-    reader = probe
-    if (out_width, out_height) != (width, height):
+    if resolution is None:
+        reader = decord.VideoReader(str(path), num_threads=1)
+    elif resize == "squash":  # the output size is known: no need to probe the frame size
+        reader = decord.VideoReader(str(path), width=resolution, height=resolution, num_threads=1)
+    else:
+        height, width = decord.VideoReader(str(path), num_threads=1)[0].shape[:2]
+        out_width, out_height = _output_size(width, height, resolution, resize)
         reader = decord.VideoReader(str(path), width=out_width, height=out_height, num_threads=1)
     first, last = _to_frame_range(start, end, time_unit, reader.get_avg_fps() or 30.0)
     indices = sample_frame_indices(len(reader), num_frames, first, last)
@@ -76,11 +78,24 @@ def _read_pyav(path, num_frames, resolution, resize, start, end, time_unit):
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 30.0)
         out_width, out_height = _output_size(stream.codec_context.width, stream.codec_context.height, resolution, resize)
-        # Containers do not always report a frame count, so decode once, keeping frames at the output size.
-        frames = [
-            frame.to_ndarray(format="rgb24", width=out_width, height=out_height) for frame in container.decode(stream)
-        ]
-    first, last = _to_frame_range(start, end, time_unit, fps)
+        first, last = _to_frame_range(start, end, time_unit, fps)
+
+        def convert(frame):
+            return frame.to_ndarray(format="rgb24", width=out_width, height=out_height)
+
+        if stream.frames > 0:
+            # The container knows its length: convert only the sampled frames and stop after the last one.
+            indices = sample_frame_indices(stream.frames, num_frames, first, last)
+            wanted, kept = set(indices.tolist()), {}
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    kept[i] = convert(frame)
+                if i >= indices[-1]:
+                    break
+            if len(kept) == len(wanted):
+                return np.stack([kept[i] for i in indices])
+            container.seek(0)  # the reported length was wrong: decode everything below
+        frames = [convert(frame) for frame in container.decode(stream)]
     indices = sample_frame_indices(len(frames), num_frames, first, last)
     return np.stack([frames[i] for i in indices])
 

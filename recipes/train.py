@@ -37,10 +37,10 @@ logger = logging.getLogger("stretchysnake.train")
 EMBEDDED_MODEL = dict(hidden_size=96, num_hidden_layers=4, image_size=112, patch_size=16, num_frames=8,
                       drop_path_rate=0.0)
 DEFAULT_TRAINING_FLAGS = [
-    "--output_dir", "outputs/stretchysnake-embedded", "--num_train_epochs", "6", "--per_device_train_batch_size", "8",
+    "--output_dir", "outputs/stretchysnake-embedded", "--num_train_epochs", "4", "--per_device_train_batch_size", "8",
     "--per_device_eval_batch_size", "8", "--learning_rate", "2e-3", "--weight_decay", "0.05",
     "--warmup_steps", "10", "--lr_scheduler_type", "cosine", "--label_smoothing_factor", "0.1",
-    "--logging_steps", "5", "--save_strategy", "no", "--report_to", "none", "--seed", "0",
+    "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--seed", "0",
     "--dataloader_num_workers", "0",
 ]
 
@@ -52,8 +52,8 @@ class StretchySnakeArguments:
     train_split: str = "train"
     eval_split: str = "test"
     data_root: str = field(default="outputs/generated_actions", metadata={"help": "where generated data is written"})
-    generated_train_per_class: int = 24
-    generated_eval_per_class: int = 8
+    generated_train_per_class: int = 100
+    generated_eval_per_class: int = 10
     model_name_or_path: str | None = field(default=None, metadata={"help": "a saved or converted model folder"})
     preset: str = field(default="embedded", metadata={"help": "fresh model size: embedded, tiny, small, middle"})
     base_frames: int | None = field(default=None, metadata={"help": "frames the temporal position embedding is stored at"})
@@ -61,7 +61,7 @@ class StretchySnakeArguments:
     train_frames: list[int] = field(default_factory=lambda: [4, 8])
     train_resolutions: list[int] = field(default_factory=lambda: [56, 84, 112])
     train_patch_sizes: list[int] | None = field(default=None, metadata={"help": "for variants that draw a patch size"})
-    eval_frames: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    eval_frames: list[int] = field(default_factory=lambda: [4, 8, 16])
     eval_resolutions: list[int] = field(default_factory=lambda: [56, 84, 112, 168])
     eval_clips: int = 1
     eval_crops: int = 1
