@@ -106,3 +106,19 @@ def test_results_table_and_files(tmp_path):
     paths = write_results(results, tmp_path)
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert paths["csv"].read_text().splitlines()[0] == "frames,resolution,patch_size,top1,top5"
+
+
+def test_checkpoints_hold_code_and_resume_continues_the_scale_sequence(manifest, tmp_path):
+    first = make_trainer(manifest, tmp_path, max_steps=2)
+    first.args.save_strategy, first.args.save_steps = "steps", 2
+    first.train()
+    checkpoint = tmp_path / "checkpoint-2"
+    for name in ("model.safetensors", "modeling_stretchysnake.py", "selective_scan.py", "video_processing_stretchysnake.py",
+                 "optimizer.pt", "trainer_state.json"):
+        assert (checkpoint / name).exists(), name
+    resumed = make_trainer(manifest, tmp_path, max_steps=4)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 4
+    logged = [e for e in resumed.state.log_history if "loss" in e and e["step"] > 2]
+    expected = [resumed.scale_sampler.sample(step) for step in (2, 3)]
+    assert [(e["frames"], e["resolution"]) for e in logged] == [(s.frames, s.resolution) for s in expected]
