@@ -63,3 +63,16 @@ def test_probes_on_separable_features():
     assert linear_probe_accuracy(train, train_labels, test, test_labels, 3) == 100.0
     shuffled = test_labels[torch.randperm(12, generator=generator)]
     assert nearest_neighbour_accuracy(train, train_labels, test, shuffled) < 100.0
+
+
+def test_pipeline_with_trust_remote_code_uses_the_saved_processor(saved):
+    from transformers import pipeline
+
+    video = next((saved / "data" / "test" / "move_up").glob("*.mp4"))
+    classify = pipeline("video-classification", model=str(saved / "model"), trust_remote_code=True)
+    assert type(classify.video_processor).__name__ == "StretchySnakeVideoProcessor"
+    piped = classify(str(video), top_k=2)
+    direct = predict_recipe.main(["--model", str(saved / "model"), "--video", str(video), "--frames",
+                                  str(classify.model.config.num_frames), "--resolution", "16", "--top_k", "2"])
+    assert [r["label"] for r in piped] == [label for label, _ in direct]
+    assert piped[0]["score"] == pytest.approx(direct[0][1], abs=1e-5)
