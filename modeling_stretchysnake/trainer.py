@@ -163,7 +163,7 @@ class StretchySnakeTrainer(Trainer):
         """Logits (averaged over the evaluation views as probabilities) and labels of every item at one scale."""
         from accelerate.utils import gather_object
 
-        model = self.accelerator.unwrap_model(self.model) if self.model_wrapped is not self.model else self.model
+        model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         clips, crops = self.eval_views
