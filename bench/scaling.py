@@ -1,0 +1,204 @@
+"""Cost versus frames and resolution: StretchySnake-tiny vs transformers' VideoMAE at equal width and depth.
+
+    python bench/scaling.py                         # frames 8..64 at 224 px, resolutions 96..384 at 8 frames
+    python bench/scaling.py --frames 8 16 --resolutions 112 224 --modes fwd
+
+Both models: width 192, depth 24, patch 16, batch 1; VideoMAE with tubelet 1 so both see the same T x 196 tokens
+(its default tubelet 2 would halve its tokens). StretchySnake keeps patch 16 here (static patches), so lower
+resolution means fewer tokens. Each measurement runs in a fresh subprocess: wall time of one pass after a
+warm-up pass on a 1-frame input, and peak resident memory above the process's level before the pass.
+fwd+bwd runs use activation checkpointing on every block for both models (without it 64 frames does not fit in
+24 GiB for either). GFLOPs are counted with torch.utils.flop_counter (matmuls, convolutions, attention); the
+selective scan's elementwise work is not a matmul, so it is added analytically as 9 * B * L * d_inner * N per
+scan (mamba-ssm's own estimate), two scans per block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+
+MODELS = ("stretchysnake", "videomae")
+
+
+def build(name: str):
+    import torch
+
+    if name == "stretchysnake":
+        from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeModel
+
+        config = StretchySnakeConfig.from_preset("tiny", scale_mode="static_patches", drop_path_rate=0.0, num_frames=8)
+        return StretchySnakeModel(config)
+    from transformers import VideoMAEConfig, VideoMAEModel
+
+    config = VideoMAEConfig(hidden_size=192, num_hidden_layers=24, num_attention_heads=3, intermediate_size=768,
+                            image_size=224, patch_size=16, num_frames=8, tubelet_size=1, attn_implementation="sdpa")
+    model = VideoMAEModel(config)
+    torch.manual_seed(0)
+    return model
+
+
+def videomae_positions(model, frames: int, resolution: int):
+    """VideoMAE's fixed sinusoidal table sized for this input (it has no interpolation of its own)."""
+    from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
+
+    tokens = frames * (resolution // 16) ** 2
+    model.embeddings.position_embeddings = get_sinusoid_encoding_table(tokens, model.config.hidden_size)
+    model.embeddings.patch_embeddings.image_size = (resolution, resolution)
+    model.embeddings.patch_embeddings.num_frames = frames
+    model.embeddings.patch_embeddings.num_patches = tokens
+
+
+def scan_flops(model, frames: int, resolution: int) -> float:
+    config = model.config
+    length = 1 + frames * (resolution // 16) ** 2
+    return 2 * config.num_hidden_layers * 9 * length * config.intermediate_size * config.state_size
+
+
+def measure(name: str, frames: int, resolution: int, mode: str) -> dict:
+    """Runs inside the child process."""
+    import resource
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = build(name)
+    if mode == "fwd+bwd":
+        model.train()
+        model.gradient_checkpointing_enable()
+    else:
+        model.eval()
+
+    def run(t: int):
+        if name == "videomae":
+            videomae_positions(model, t, resolution)
+        pixel_values = torch.randn(1, t, 3, resolution, resolution)
+        if mode == "fwd":
+            with torch.inference_mode():
+                model(pixel_values)
+        else:
+            model(pixel_values).last_hidden_state.float().square().mean().backward()
+            model.zero_grad(set_to_none=True)
+
+    run(1)  # warm-up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    run(frames)
+    seconds = time.perf_counter() - start
+    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+    gflops = None
+    if mode == "fwd":
+        if name == "stretchysnake":
+            import importlib
+
+            modeling = importlib.import_module("modeling_stretchysnake.modeling_stretchysnake")
+            real_scan = modeling.selective_scan
+            modeling.selective_scan = lambda u, *args, **kwargs: u  # count everything but the scan itself
+        else:
+            videomae_positions(model, frames, resolution)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.inference_mode():
+            model(torch.randn(1, frames, 3, resolution, resolution))
+        flops = counter.get_total_flops()
+        if name == "stretchysnake":
+            modeling.selective_scan = real_scan
+            flops += scan_flops(model, frames, resolution)
+        gflops = flops / 1e9
+    return {"model": name, "frames": frames, "resolution": resolution, "mode": mode, "seconds": seconds,
+            "peak_mib": peak_mib, "gflops": gflops}
+
+
+def child(argv) -> None:
+    name, frames, resolution, mode = argv[0], int(argv[1]), int(argv[2]), argv[3]
+    print("RESULT " + json.dumps(measure(name, frames, resolution, mode)), flush=True)
+
+
+def run_child(name, frames, resolution, mode, timeout) -> dict:
+    command = [sys.executable, __file__, "--child", name, str(frames), str(resolution), mode]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "frames": frames, "resolution": resolution, "mode": mode, "error": f"over {timeout}s"}
+    for line in result.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"model": name, "frames": frames, "resolution": resolution, "mode": mode,
+            "error": (result.stderr.strip().splitlines() or ["no output"])[-1][:120]}
+
+
+def table(rows, key: str, axis: str, fixed: str) -> str:
+    values = sorted({r[axis] for r in rows})
+    modes = sorted({r["mode"] for r in rows}, key=("fwd", "fwd+bwd").index)
+    lines = [f"{axis:>10} " + " ".join(f"{m + ' ' + mode:>24}" for mode in modes for m in MODELS) + "   ratio (ours / videomae)"]
+    for value in values:
+        cells, ratios = [], []
+        for mode in modes:
+            pair = {}
+            for m in MODELS:
+                row = next((r for r in rows if r[axis] == value and r["model"] == m and r["mode"] == mode), None)
+                v = None if row is None or "error" in row else row.get(key)
+                pair[m] = v
+                cells.append(f"{v:>24.2f}" if isinstance(v, (int, float)) else f"{(row or {}).get('error', '-')[:24]:>24}")
+            if all(isinstance(pair[m], (int, float)) for m in MODELS) and pair["videomae"]:
+                ratios.append(f"{mode} {pair['stretchysnake'] / pair['videomae']:.2f}")
+        lines.append(f"{value:>10} " + " ".join(cells) + "   " + ", ".join(ratios))
+    return f"{key} ({fixed}):\n" + "\n".join(lines)
+
+
+def growth(rows, key, axis, low, high, mode="fwd") -> str:
+    out = []
+    for m in MODELS:
+        pick = {r[axis]: r.get(key) for r in rows if r["model"] == m and r["mode"] == mode and "error" not in r}
+        if pick.get(low) and pick.get(high):
+            out.append(f"{m} {key}({axis}={high}) / {key}({axis}={low}) = {pick[high] / pick[low]:.2f}")
+    return "; ".join(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[96, 112, 160, 224, 288, 384])
+    parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
+    parser.add_argument("--json", help="also write all rows to this file")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads; batch 1, width 192, "
+          f"depth 24, patch 16", flush=True)
+    frame_rows, resolution_rows = [], []
+    for mode in args.modes:
+        for frames in args.frames:
+            for name in MODELS:
+                frame_rows.append(run_child(name, frames, 224, mode, args.timeout))
+                print("  measured", frame_rows[-1], flush=True)
+        for resolution in args.resolutions:
+            for name in MODELS:
+                resolution_rows.append(run_child(name, 8, resolution, mode, args.timeout))
+                print("  measured", resolution_rows[-1], flush=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(frame_rows + resolution_rows, handle, indent=2)
+
+    print()
+    for key in ("seconds", "peak_mib", "gflops"):
+        print(table(frame_rows, key, "frames", "224 px") + "\n")
+        print(table(resolution_rows, key, "resolution", "8 frames") + "\n")
+    print("time growth 8 -> 64 frames:", growth(frame_rows, "seconds", "frames", 8, 64))
+    print("time 224 px / 112 px at 8 frames:", growth(resolution_rows, "seconds", "resolution", 112, 224))
+    print("GFLOPs 224 px / 112 px at 8 frames:", growth(resolution_rows, "gflops", "resolution", 112, 224))
+    print("GFLOPs 384 px / 96 px at 8 frames:", growth(resolution_rows, "gflops", "resolution", 96, 384))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2:])
+    else:
+        main()
