@@ -8,7 +8,8 @@ Both models: width 192, depth 24, patch 16, batch 1; VideoMAE with tubelet 1 so 
 resolution means fewer tokens. Each measurement runs in a fresh subprocess: wall time of one pass after a
 warm-up pass on a 1-frame input, and peak resident memory above the process's level before the pass.
 fwd+bwd runs use activation checkpointing on every block for both models (without it 64 frames does not fit in
-24 GiB for either). GFLOPs are counted with torch.utils.flop_counter (matmuls, convolutions, attention); the
+24 GiB for either). GFLOPs are counted with torch.utils.flop_counter (matmuls, convolutions; VideoMAE with eager
+attention, whose matmuls the counter sees, unlike the CPU SDPA kernel); the
 selective scan's elementwise work is not a matmul, so it is added analytically as 9 * B * L * d_inner * N per
 scan (mamba-ssm's own estimate), two scans per block.
 """
@@ -25,7 +26,7 @@ import time
 MODELS = ("stretchysnake", "videomae")
 
 
-def build(name: str):
+def build(name: str, attention: str = "sdpa"):
     import torch
 
     if name == "stretchysnake":
@@ -36,7 +37,7 @@ def build(name: str):
     from transformers import VideoMAEConfig, VideoMAEModel
 
     config = VideoMAEConfig(hidden_size=192, num_hidden_layers=24, num_attention_heads=3, intermediate_size=768,
-                            image_size=224, patch_size=16, num_frames=8, tubelet_size=1, attn_implementation="sdpa")
+                            image_size=224, patch_size=16, num_frames=8, tubelet_size=1, attn_implementation=attention)
     model = VideoMAEModel(config)
     torch.manual_seed(0)
     return model
@@ -59,13 +60,41 @@ def scan_flops(model, frames: int, resolution: int) -> float:
     return 2 * config.num_hidden_layers * 9 * length * config.intermediate_size * config.state_size
 
 
+def count_gflops(name: str, frames: int, resolution: int) -> float:
+    """Forward GFLOPs. VideoMAE is counted with eager attention: the flop counter does not see the CPU SDPA kernel."""
+    import importlib
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build(name, attention="eager").eval()
+    modeling = importlib.import_module("modeling_stretchysnake.modeling_stretchysnake")
+    real_scan = modeling.selective_scan
+    if name == "stretchysnake":
+        modeling.selective_scan = lambda u, *args, **kwargs: u  # count everything but the scan, added below
+    else:
+        videomae_positions(model, frames, resolution)
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.inference_mode():
+            model(torch.randn(1, frames, 3, resolution, resolution))
+    finally:
+        modeling.selective_scan = real_scan
+    flops = counter.get_total_flops()
+    if name == "stretchysnake":
+        flops += scan_flops(model, frames, resolution)
+    return flops / 1e9
+
+
 def measure(name: str, frames: int, resolution: int, mode: str) -> dict:
     """Runs inside the child process."""
     import resource
 
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
+    if mode == "flops":
+        return {"model": name, "frames": frames, "resolution": resolution, "mode": "fwd",
+                "gflops": count_gflops(name, frames, resolution)}
     torch.manual_seed(0)
     model = build(name)
     if mode == "fwd+bwd":
@@ -91,25 +120,7 @@ def measure(name: str, frames: int, resolution: int, mode: str) -> dict:
     run(frames)
     seconds = time.perf_counter() - start
     peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-
-    gflops = None
-    if mode == "fwd":
-        if name == "stretchysnake":
-            import importlib
-
-            modeling = importlib.import_module("modeling_stretchysnake.modeling_stretchysnake")
-            real_scan = modeling.selective_scan
-            modeling.selective_scan = lambda u, *args, **kwargs: u  # count everything but the scan itself
-        else:
-            videomae_positions(model, frames, resolution)
-        counter = FlopCounterMode(display=False)
-        with counter, torch.inference_mode():
-            model(torch.randn(1, frames, 3, resolution, resolution))
-        flops = counter.get_total_flops()
-        if name == "stretchysnake":
-            modeling.selective_scan = real_scan
-            flops += scan_flops(model, frames, resolution)
-        gflops = flops / 1e9
+    gflops = count_gflops(name, frames, resolution) if mode == "fwd" else None
     return {"model": name, "frames": frames, "resolution": resolution, "mode": mode, "seconds": seconds,
             "peak_mib": peak_mib, "gflops": gflops}
 
@@ -134,7 +145,7 @@ def run_child(name, frames, resolution, mode, timeout) -> dict:
 
 def table(rows, key: str, axis: str, fixed: str) -> str:
     values = sorted({r[axis] for r in rows})
-    modes = sorted({r["mode"] for r in rows}, key=("fwd", "fwd+bwd").index)
+    modes = sorted({r["mode"] for r in rows if r.get(key) is not None} or {"fwd"}, key=("fwd", "fwd+bwd").index)
     lines = [f"{axis:>10} " + " ".join(f"{m + ' ' + mode:>24}" for mode in modes for m in MODELS) + "   ratio (ours / videomae)"]
     for value in values:
         cells, ratios = [], []
@@ -167,6 +178,7 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--json", help="also write all rows to this file")
+    parser.add_argument("--gflops_only", action="store_true", help="count forward GFLOPs only (no timing)")
     args = parser.parse_args(argv)
 
     import torch
@@ -174,6 +186,8 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads; batch 1, width 192, "
           f"depth 24, patch 16", flush=True)
     frame_rows, resolution_rows = [], []
+    if args.gflops_only:
+        args.modes = ["flops"]
     for mode in args.modes:
         for frames in args.frames:
             for name in MODELS:
@@ -188,11 +202,12 @@ def main(argv=None):
             json.dump(frame_rows + resolution_rows, handle, indent=2)
 
     print()
-    for key in ("seconds", "peak_mib", "gflops"):
+    for key in ("gflops",) if args.gflops_only else ("seconds", "peak_mib", "gflops"):
         print(table(frame_rows, key, "frames", "224 px") + "\n")
         print(table(resolution_rows, key, "resolution", "8 frames") + "\n")
-    print("time growth 8 -> 64 frames:", growth(frame_rows, "seconds", "frames", 8, 64))
-    print("time 224 px / 112 px at 8 frames:", growth(resolution_rows, "seconds", "resolution", 112, 224))
+    if not args.gflops_only:
+        print("time growth 8 -> 64 frames:", growth(frame_rows, "seconds", "frames", 8, 64))
+        print("time 224 px / 112 px at 8 frames:", growth(resolution_rows, "seconds", "resolution", 112, 224))
     print("GFLOPs 224 px / 112 px at 8 frames:", growth(resolution_rows, "gflops", "resolution", 112, 224))
     print("GFLOPs 384 px / 96 px at 8 frames:", growth(resolution_rows, "gflops", "resolution", 96, 384))
 

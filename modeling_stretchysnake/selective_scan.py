@@ -18,6 +18,7 @@ Shapes: u, delta, z (batch, d_inner, L); A (d_inner, N); B, C (batch, N, L); D, 
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import torch
@@ -31,7 +32,7 @@ SCAN_BACKEND_ENV = "STRETCHYSNAKE_SCAN_BACKEND"
 # Inside a chunk the state is exp(S_t) * cumsum(exp(-S_s) * x_s) with S the cumulative log-decay (<= 0), taken
 # relative to the chunk's middle step. exp(+-S) must stay far from float32 overflow (e^88), so a chunk whose
 # total log-decay exceeds this (half of it on each side of the middle) is split in two.
-_MAX_CHUNK_LOG_DECAY = 60.0
+_MAX_CHUNK_LOG_DECAY = 100.0
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
@@ -90,11 +91,14 @@ def _scan_chunk(state, delta, delta_u, A, B, C):
     causal = torch.ones(length, length, device=delta.device, dtype=delta.dtype).tril_()
     # The log-decay of step t is delta_t * A, so its running sum factorises as S_t = cumsum(delta)_t * A.
     cum_delta = torch.matmul(causal, delta)  # (batch, k, d_inner)
-    if float((cum_delta[:, -1, :, None] * -A).detach().max()) > _MAX_CHUNK_LOG_DECAY:
-        half = length // 2
-        y_first, state = _scan_chunk(state, delta[:, :half], delta_u[:, :half], A, B[:, :half], C[:, :half])
-        y_second, state = _scan_chunk(state, delta[:, half:], delta_u[:, half:], A, B[:, half:], C[:, half:])
-        return torch.cat([y_first, y_second], dim=1), state
+    total_log_decay = float((cum_delta[:, -1, :, None] * -A).detach().max())
+    if total_log_decay > _MAX_CHUNK_LOG_DECAY:  # split once into pieces that each fit (they re-check themselves)
+        pieces = min(length, math.ceil(total_log_decay / _MAX_CHUNK_LOG_DECAY))
+        ys = []
+        for parts in zip(*(t.tensor_split(pieces, dim=1) for t in (delta, delta_u, B, C))):
+            y, state = _scan_chunk(state, parts[0], parts[1], A, parts[2], parts[3])
+            ys.append(y)
+        return torch.cat(ys, dim=1), state
     # h_t = exp(S_t) * (h_0 + sum_{s<=t} exp(-S_s) x_s). S is taken relative to the chunk's middle step so that
     # exp(S) and exp(-S) both stay within exp(+-_MAX_CHUNK_LOG_DECAY / 2).
     middle = cum_delta[:, length // 2, None]  # (batch, 1, d_inner)
@@ -109,24 +113,61 @@ def _scan_chunk(state, delta, delta_u, A, B, C):
     return y, states[:, -1]
 
 
+class _ChunkedScan(torch.autograd.Function):
+    """The chunked recurrence with chunk-wise recomputation in backward.
+
+    Forward keeps only its inputs and the state at each chunk start; backward recomputes one chunk at a time,
+    last to first, carrying the gradient of the state between chunks. Memory is O(L * d_inner) instead of the
+    O(L * d_inner * N) per-chunk intermediates plain autograd would keep.
+    """
+
+    @staticmethod
+    def forward(ctx, delta, delta_u, A, B, C, chunk_size: int):
+        # delta, delta_u: (batch, L, d_inner); A: (d_inner, N); B, C: (batch, L, N) -> y (batch, L, d_inner)
+        state = delta.new_zeros(delta.shape[0], delta.shape[2], A.shape[1])
+        starts, ys = [], []
+        # One split per tensor, not a slice per chunk (see backward for why slices matter there).
+        for delta_c, delta_u_c, B_c, C_c in zip(*(t.split(chunk_size, dim=1) for t in (delta, delta_u, B, C))):
+            starts.append(state)
+            y, state = _scan_chunk(state, delta_c, delta_u_c, A, B_c, C_c)
+            ys.append(y)
+        ctx.save_for_backward(delta, delta_u, A, B, C, torch.stack(starts))
+        ctx.chunk_size = chunk_size
+        return torch.cat(ys, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        delta, delta_u, A, B, C, starts = ctx.saved_tensors
+        grads = [torch.zeros_like(t) for t in (delta, delta_u, B, C)]
+        grad_A = torch.zeros_like(A)
+        grad_state = torch.zeros_like(starts[0])
+        length, size = delta.shape[1], ctx.chunk_size
+        for index in reversed(range(len(starts))):
+            chunk = slice(index * size, min((index + 1) * size, length))
+            with torch.enable_grad():
+                inputs = [t[:, chunk].detach().requires_grad_() for t in (delta, delta_u, B, C)]
+                A_leaf = A.detach().requires_grad_()
+                state = starts[index].detach().requires_grad_()
+                y, state_end = _scan_chunk(state, inputs[0], inputs[1], A_leaf, inputs[2], inputs[3])
+                torch.autograd.backward((y, state_end), (grad_y[:, chunk], grad_state))
+            for grad, leaf in zip(grads, inputs):
+                grad[:, chunk] = leaf.grad  # written in place: no full-length gradient per chunk
+            grad_A += A_leaf.grad
+            grad_state = state.grad
+        return grads[0], grads[1], grad_A, grads[2], grads[3], None
+
+
 def selective_scan_chunked(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size: int = 32
 ):
     """Fast pure-PyTorch scan: same result as the reference, a few tensor ops per chunk instead of per token."""
     out_dtype = u.dtype
     u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
-    batch, d_inner, length = u.shape
-    delta_t = delta.transpose(1, 2)  # (batch, L, d_inner)
-    delta_u = (delta * u).transpose(1, 2)  # (batch, L, d_inner)
-    B_t = B.transpose(1, 2)  # (batch, L, N)
-    C_t = C.transpose(1, 2)  # (batch, L, N)
-    state = u.new_zeros(batch, d_inner, A.shape[1])
-    ys = []
-    for start in range(0, length, chunk_size):
-        chunk = slice(start, min(start + chunk_size, length))
-        y, state = _scan_chunk(state, delta_t[:, chunk], delta_u[:, chunk], A, B_t[:, chunk], C_t[:, chunk])
-        ys.append(y)
-    y = torch.cat(ys, dim=1).transpose(1, 2)  # (batch, d_inner, L)
+    delta_t = delta.transpose(1, 2).contiguous()  # (batch, L, d_inner)
+    delta_u = (delta * u).transpose(1, 2).contiguous()  # (batch, L, d_inner)
+    B_t = B.transpose(1, 2).contiguous()  # (batch, L, N)
+    C_t = C.transpose(1, 2).contiguous()  # (batch, L, N)
+    y = _ChunkedScan.apply(delta_t, delta_u, A, B_t, C_t, chunk_size).transpose(1, 2)  # (batch, d_inner, L)
     return _finish(y, u, D, z, out_dtype)
 
 

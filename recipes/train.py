@@ -57,6 +57,7 @@ class StretchySnakeArguments:
     model_name_or_path: str | None = field(default=None, metadata={"help": "a saved or converted model folder"})
     preset: str = field(default="embedded", metadata={"help": "fresh model size: embedded, tiny, small, middle"})
     base_frames: int | None = field(default=None, metadata={"help": "frames the temporal position embedding is stored at"})
+    base_resolution: int | None = field(default=None, metadata={"help": "fresh models: resolution the base grid is stored at (grid = R/16)"})
     variant: str = field(default="static_tokens", metadata={"help": f"flexible-training variant: {', '.join(VARIANTS)}"})
     train_frames: list[int] = field(default_factory=lambda: [4, 8])
     train_resolutions: list[int] = field(default_factory=lambda: [56, 84, 112])
@@ -120,6 +121,8 @@ def build_model(args: StretchySnakeArguments, label_names: list[str]) -> Stretch
         raise ValueError(f"unknown preset {args.preset!r}")
     if args.base_frames:
         values["num_frames"] = args.base_frames
+    if args.base_resolution:
+        values["image_size"] = args.base_resolution
     config = StretchySnakeConfig(**values, id2label=id2label, scale_mode=scale_mode)
     return StretchySnakeForVideoClassification(config)
 
