@@ -99,3 +99,14 @@ def test_configs_combine_in_order():
                                                  str(configs / "variant_flexivit.yaml"), "--learning_rate", "3e-4"])
     assert args.variant == "flexivit" and args.train_resolutions == [240] and args.manifest == "manifests/ucf101"
     assert training_args.learning_rate == 3e-4
+
+
+def test_flexibility_benchmark_runs_end_to_end(tmp_path):
+    """bench/flexibility.py with two runs of two steps: it trains, evaluates and prints its comparison."""
+    result = run([sys.executable, str(ROOT / "bench" / "flexibility.py"), "--runs", "fixed", "static_tokens",
+                  "--steps", "2", "--train_per_class", "2", "--eval_per_class", "1", "--eval_frames", "2",
+                  "--eval_resolutions", "64", "128", "--output_dir", str(tmp_path / "flex")], tmp_path)
+    assert "static_tokens vs fixed: grid mean" in result.stdout
+    assert "best variant on this budget: static_tokens" in result.stdout
+    summary = json.loads((tmp_path / "flex" / "summary.json").read_text())
+    assert set(summary) == {"fixed", "static_tokens"} and set(summary["fixed"]) == {"2x64", "2x128"}
