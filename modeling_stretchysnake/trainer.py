@@ -171,7 +171,7 @@ class StretchySnakeTrainer(Trainer):
         labels: dict[int, int] = {}
         for clip in range(clips):
             for crop in range(crops):
-                view_set = copy.copy(dataset)
+                view_set = copy.copy(dataset)  # shallow: shares `failures`, so skips land in the dataset's count
                 view_set.view = ClipView(clip, clips, crop, crops)
                 sampler = FixedScaleBatchSampler(len(dataset), self.args.per_device_eval_batch_size, scale,
                                                  self.accelerator.num_processes, self.accelerator.process_index)
@@ -187,7 +187,6 @@ class StretchySnakeTrainer(Trainer):
                         seen.add(index)
                         scores[index] = scores.get(index, 0) + row / (clips * crops)
                         labels[index] = label
-                dataset.failures.update(view_set.failures)
         gathered = gather_object([(i, scores[i].numpy(), labels[i]) for i in scores])
         merged = {i: (s, l) for i, s, l in gathered}
         order = sorted(merged)

@@ -122,3 +122,13 @@ def test_checkpoints_hold_code_and_resume_continues_the_scale_sequence(manifest,
     logged = [e for e in resumed.state.log_history if "loss" in e and e["step"] > 2]
     expected = [resumed.scale_sampler.sample(step) for step in (2, 3)]
     assert [(e["frames"], e["resolution"]) for e in logged] == [(s.frames, s.resolution) for s in expected]
+
+
+def test_evaluation_counts_each_unreadable_video_once_per_view(manifest, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 64)
+    trainer = make_trainer(manifest, tmp_path, eval_views=(2, 2))
+    rows = [dict(manifest["test"][0]), {"video": str(broken), "label": 1}, dict(manifest["test"][2])]
+    dataset = VideoClipDataset(rows, trainer.eval_dataset.processor, training=False)
+    trainer.predict_scale(dataset, Scale(2, 16, 4))
+    assert dataset.failures == {str(broken): 4}  # one per view (2 clips x 2 crops)
