@@ -288,7 +288,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
 
 def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack one step's clips: pixel_values (B, T, C, R, R), labels (B,), and the step's patch size."""
+    """Stack one step's clips: pixel_values (B, T, C, R, R), labels (B,), the step's patch size, and the manifest
+    index each clip came from (it differs from the requested one where an unreadable video was replaced)."""
     patch_sizes = {item["patch_size"] for item in items}
     if len(patch_sizes) != 1:
         raise ValueError(f"a batch mixes patch sizes {patch_sizes}; all items of a step share one scale")
@@ -296,4 +297,5 @@ def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "pixel_values": torch.stack([item["pixel_values"] for item in items]),
         "labels": torch.tensor([item["labels"] for item in items], dtype=torch.long),
         "patch_size": patch_sizes.pop(),
+        "index": [item["index"] for item in items],
     }

@@ -175,7 +175,7 @@ class StretchySnakeTrainer(Trainer):
                 view_set.view = ClipView(clip, clips, crop, crops)
                 sampler = FixedScaleBatchSampler(len(dataset), self.args.per_device_eval_batch_size, scale,
                                                  self.accelerator.num_processes, self.accelerator.process_index)
-                loader = DataLoader(view_set, batch_sampler=sampler, collate_fn=_collate_with_index,
+                loader = DataLoader(view_set, batch_sampler=sampler, collate_fn=collate_clips,
                                     num_workers=self.args.dataloader_num_workers)
                 seen = set()  # an unreadable video is replaced by the next one: count each video once per view
                 for batch in loader:
@@ -220,8 +220,3 @@ class StretchySnakeTrainer(Trainer):
         self.last_scale_results = results
         return metrics
 
-
-def _collate_with_index(items):
-    batch = collate_clips(items)
-    batch["index"] = [item["index"] for item in items]
-    return batch

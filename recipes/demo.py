@@ -4,7 +4,7 @@
     python recipes/demo.py --model path/to/folder --scales 8x224 16x126 32x98
 
 The clip (a square moving left to right over a gradient) is rendered directly at each requested scale,
-normalised with VideoMamba's ImageNet mean/std, and fed as (batch, frames, channels, height, width).
+normalised by the video processor (VideoMamba's ImageNet mean/std), and fed as (batch, frames, channels, H, W).
 The model resizes its own patch kernel and position embeddings to each scale on the fly.
 """
 
@@ -16,12 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeForVideoClassification
+from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def render_moving_square(frames: int, resolution: int) -> torch.Tensor:
     """A (frames, 3, R, R) clip in [0, 1]: a red square crossing a blue-green gradient."""
@@ -34,12 +30,6 @@ def render_moving_square(frames: int, resolution: int) -> torch.Tensor:
         top = (resolution - side) // 2
         clip[t, :, top : top + side, left : left + side] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
     return clip
-
-
-def normalise(clip: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-    return (clip - mean) / std
 
 
 def parse_scale(text: str) -> tuple[int, int]:
@@ -69,10 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     print(f"model: {source}; scale_mode={model.config.scale_mode}")
 
+    processor = StretchySnakeVideoProcessor()  # normalisation (VideoMamba's ImageNet mean/std)
     base_features = None
     print(f"{'frames':>6} {'res':>5} {'patch':>5} {'tokens':>7} {'ms':>8} {'cos(CLS, first)':>15}  top-{args.top_k}")
     for frames, resolution in args.scales:
-        pixel_values = normalise(render_moving_square(frames, resolution)).unsqueeze(0)
+        clip = render_moving_square(frames, resolution)  # already R x R: prepare_frames only normalises
+        pixel_values = processor.prepare_frames(clip, resolution, training=True).unsqueeze(0)
         start = time.perf_counter()
         with torch.inference_mode():
             outputs = model.stretchysnake(pixel_values)
