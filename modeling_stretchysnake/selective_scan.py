@@ -30,9 +30,11 @@ SCAN_BACKENDS = ("auto", "reference", "chunked", "mamba_ssm")
 SCAN_BACKEND_ENV = "STRETCHYSNAKE_SCAN_BACKEND"
 
 # Inside a chunk the state is exp(S_t) * cumsum(exp(-S_s) * x_s) with S the cumulative log-decay (<= 0), taken
-# relative to the chunk's middle step. exp(+-S) must stay far from float32 overflow (e^88), so a chunk whose
-# total log-decay exceeds this (half of it on each side of the middle) is split in two.
-_MAX_CHUNK_LOG_DECAY = 100.0
+# relative to the chunk's middle step, so the largest factors are exp(S_0 - S_mid) and exp(S_mid - S_end). Each
+# must stay far below float32 overflow (e^88) even after multiplying inputs and summing over the chunk, so a chunk
+# where either half's log-decay range exceeds this is split. (The decay can sit almost all in one half: bounding
+# only the chunk's total let exp(~100) overflow to inf and gave NaN in training.)
+_MAX_HALF_CHUNK_LOG_DECAY = 60.0
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
@@ -91,17 +93,18 @@ def _scan_chunk(state, delta, delta_u, A, B, C):
     causal = torch.ones(length, length, device=delta.device, dtype=delta.dtype).tril_()
     # The log-decay of step t is delta_t * A, so its running sum factorises as S_t = cumsum(delta)_t * A.
     cum_delta = torch.matmul(causal, delta)  # (batch, k, d_inner)
-    total_log_decay = float((cum_delta[:, -1, :, None] * -A).detach().max())
-    if total_log_decay > _MAX_CHUNK_LOG_DECAY:  # split once into pieces that each fit (they re-check themselves)
-        pieces = min(length, math.ceil(total_log_decay / _MAX_CHUNK_LOG_DECAY))
+    middle = cum_delta[:, length // 2, None]  # (batch, 1, d_inner)
+    half_ranges = torch.stack([middle[:, 0] - cum_delta[:, 0], cum_delta[:, -1] - middle[:, 0]])  # (2, batch, d_inner)
+    widest_half = float((half_ranges[..., None] * -A).detach().max())
+    if widest_half > _MAX_HALF_CHUNK_LOG_DECAY:  # split once into pieces that each fit (they re-check themselves)
+        pieces = min(length, math.ceil(2 * widest_half / _MAX_HALF_CHUNK_LOG_DECAY))
         ys = []
         for parts in zip(*(t.tensor_split(pieces, dim=1) for t in (delta, delta_u, B, C))):
             y, state = _scan_chunk(state, parts[0], parts[1], A, parts[2], parts[3])
             ys.append(y)
         return torch.cat(ys, dim=1), state
     # h_t = exp(S_t) * (h_0 + sum_{s<=t} exp(-S_s) x_s). S is taken relative to the chunk's middle step so that
-    # exp(S) and exp(-S) both stay within exp(+-_MAX_CHUNK_LOG_DECAY / 2).
-    middle = cum_delta[:, length // 2, None]  # (batch, 1, d_inner)
+    # exp(S) and exp(-S) both stay within exp(_MAX_HALF_CHUNK_LOG_DECAY).
     log_decay = (cum_delta - middle)[..., None] * A  # S_t - S_mid: (batch, k, d_inner, N)
     decay = torch.exp(log_decay)
     # exp(-S) gets its own exp: through 1 / exp(S), autograd would form exp(-2S), which overflows float32.

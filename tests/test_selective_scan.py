@@ -143,3 +143,25 @@ def test_extreme_decay_is_finite_and_matches_reference_with_gradients(a_scale):
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
     for name, g, r in zip(names, grads, ref_grads):
         assert (g - r).abs().max() / r.abs().max().clamp(min=1.0) < 1e-3, name
+
+
+def test_decay_concentrated_in_one_half_of_a_chunk_stays_finite():
+    # A chunk's total log-decay (96) may be modest while nearly all of it sits before the chunk's middle step;
+    # the closed form then needs exp(~90), past float32's range. This produced NaN losses in training.
+    generator = torch.Generator().manual_seed(0)
+    batch, d_inner, n, length = 2, 3, 4, 32
+    delta = torch.full((batch, d_inner, length), 1e-3)
+    delta[..., : length // 2] = 6.0
+    base = dict(u=torch.randn(batch, d_inner, length, generator=generator), delta=delta, A=-torch.ones(d_inner, n),
+                B=torch.randn(batch, n, length, generator=generator), C=torch.randn(batch, n, length, generator=generator))
+    results = []
+    for fn, kwargs in ((selective_scan_reference, {}), (selective_scan_chunked, {"chunk_size": length})):
+        inputs = {name: value.clone().requires_grad_(True) for name, value in base.items()}
+        out = fn(**inputs, **kwargs)
+        out.sum().backward()
+        results.append((out.detach(), [value.grad for value in inputs.values()]))
+    (ref_out, ref_grads), (out, grads) = results
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-3)
