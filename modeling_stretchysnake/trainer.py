@@ -8,6 +8,7 @@ model over a grid of scales (single or multi-view) and reports top-1, top-5 and 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from typing import Any, Sequence
 
@@ -20,6 +21,8 @@ from transformers import Trainer
 
 from .data import ClipView, FixedScaleBatchSampler, MultiScaleBatchSampler, VideoClipDataset, collate_clips
 from .scales import Scale, ScaleSampler
+
+logger = logging.getLogger(__name__)
 
 NO_DECAY_NAMES = ("position_embeddings", "cls_token", "A_log", "A_b_log")
 
@@ -84,6 +87,7 @@ class StretchySnakeTrainer(Trainer):
         self.cutmix_alpha = cutmix_alpha
         self.layer_decay = layer_decay
         self._last_scale: tuple[int, int, int] | None = None
+        self.nonfinite_loss_steps = 0
 
     # ----- data -----
     def get_train_dataloader(self) -> DataLoader:
@@ -150,11 +154,22 @@ class StretchySnakeTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         pixel_values = inputs["pixel_values"]
         self._last_scale = (pixel_values.shape[1], pixel_values.shape[-1], int(inputs["patch_size"]))
-        return super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Trainer's logging_nan_inf_filter (on by default) keeps NaN/inf out of the logged loss, so a diverging
+        # run would look healthy: count such steps, log the count and warn once.
+        if not torch.isfinite(loss).all():
+            self.nonfinite_loss_steps += 1
+            if self.nonfinite_loss_steps == 1:
+                frames, resolution, patch = self._last_scale
+                logger.warning("non-finite training loss at step %d (scale %dx%d/p%d); such steps are counted as "
+                               "'nonfinite_loss_steps' in the logs", self.state.global_step, frames, resolution, patch)
+        return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._last_scale is not None:
             logs["frames"], logs["resolution"], logs["patch_size"] = self._last_scale
+            if self.nonfinite_loss_steps:
+                logs["nonfinite_loss_steps"] = self.nonfinite_loss_steps
         super().log(logs, start_time)
 
     # ----- evaluation -----

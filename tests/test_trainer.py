@@ -46,6 +46,18 @@ def test_training_steps_log_their_scale_and_change_weights(manifest, tmp_path):
     assert not torch.equal(before, trainer.model.stretchysnake.embeddings.patch_embeddings.weight)
 
 
+def test_non_finite_losses_are_counted_in_the_logs(manifest, tmp_path, caplog):
+    # Trainer's logging_nan_inf_filter drops NaN from the logged loss; the count must still show up.
+    trainer = make_trainer(manifest, tmp_path)
+    with torch.no_grad():
+        trainer.model.classifier.weight.fill_(float("nan"))
+    with caplog.at_level("WARNING", logger="modeling_stretchysnake.trainer"):
+        trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["nonfinite_loss_steps"] for entry in logged] == [1, 2, 3]
+    assert sum("non-finite training loss at step 0" in record.message for record in caplog.records) == 1
+
+
 def test_weight_decay_groups_exclude_embeddings_and_vectors(manifest, tmp_path):
     trainer = make_trainer(manifest, tmp_path)
     names = set(trainer.get_decay_parameter_names(trainer.model))
