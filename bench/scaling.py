@@ -5,8 +5,10 @@
 
 Both models: width 192, depth 24, patch 16, batch 1; VideoMAE with tubelet 1 so both see the same T x 196 tokens
 (its default tubelet 2 would halve its tokens). StretchySnake keeps patch 16 here (static patches), so lower
-resolution means fewer tokens. Each measurement runs in a fresh subprocess: wall time of one pass after a
-warm-up pass on a 1-frame input, and peak resident memory above the process's level before the pass.
+resolution means fewer tokens. Each measurement runs in a fresh subprocess: after a warm-up pass on a 1-frame
+input, one full pass gives the peak resident memory above the level before it; the time is the median of up to
+--repeats further passes (fewer once their total passes --repeat_seconds), so one-off first-pass costs
+(page faults, kernel selection for a new shape) do not count.
 fwd+bwd runs use activation checkpointing on every block for both models (without it 64 frames does not fit in
 24 GiB for either). GFLOPs are counted with torch.utils.flop_counter (matmuls, convolutions; VideoMAE with eager
 attention, whose matmuls the counter sees, unlike the CPU SDPA kernel); the
@@ -82,9 +84,10 @@ def count_gflops(name: str, frames: int, resolution: int) -> float:
     return flops / 1e9
 
 
-def measure(name: str, frames: int, resolution: int, mode: str) -> dict:
+def measure(name: str, frames: int, resolution: int, mode: str, repeats: int = 3, repeat_seconds: float = 30.0) -> dict:
     """Runs inside the child process."""
     import resource
+    import statistics
 
     import torch
 
@@ -114,20 +117,27 @@ def measure(name: str, frames: int, resolution: int, mode: str) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     run(frames)
-    seconds = time.perf_counter() - start
+    times = [time.perf_counter() - start]  # the first full pass: memory, and the time if nothing follows
     peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    repeated = []
+    while len(repeated) < repeats and sum(repeated) + times[0] <= repeat_seconds:
+        start = time.perf_counter()
+        run(frames)
+        repeated.append(time.perf_counter() - start)
     gflops = count_gflops(name, frames, resolution) if mode == "fwd" else None
-    return {"model": name, "frames": frames, "resolution": resolution, "mode": mode, "seconds": seconds,
-            "peak_mib": peak_mib, "gflops": gflops}
+    return {"model": name, "frames": frames, "resolution": resolution, "mode": mode,
+            "seconds": statistics.median(repeated or times), "passes_timed": len(repeated) or 1,
+            "first_pass_seconds": times[0], "peak_mib": peak_mib, "gflops": gflops}
 
 
 def child(argv) -> None:
-    name, frames, resolution, mode = argv[0], int(argv[1]), int(argv[2]), argv[3]
-    print("RESULT " + json.dumps(measure(name, frames, resolution, mode)), flush=True)
+    name, frames, resolution, mode, repeats, repeat_seconds = argv
+    row = measure(name, int(frames), int(resolution), mode, int(repeats), float(repeat_seconds))
+    print("RESULT " + json.dumps(row), flush=True)
 
 
-def run_child(name, frames, resolution, mode, timeout) -> dict:
-    command = [sys.executable, __file__, "--child", name, str(frames), str(resolution), mode]
+def run_child(name, frames, resolution, mode, timeout, repeats=3, repeat_seconds=30.0) -> dict:
+    command = [sys.executable, __file__, "--child", name, *map(str, (frames, resolution, mode, repeats, repeat_seconds))]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -173,6 +183,9 @@ def main(argv=None):
     parser.add_argument("--resolutions", type=int, nargs="+", default=[96, 112, 160, 224, 288, 384])
     parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes after the first full one (median)")
+    parser.add_argument("--repeat_seconds", type=float, default=30.0,
+                        help="no further timed pass once the passes so far took this long")
     parser.add_argument("--json", help="also write all rows to this file")
     parser.add_argument("--gflops_only", action="store_true", help="count forward GFLOPs only (no timing)")
     args = parser.parse_args(argv)
@@ -187,11 +200,11 @@ def main(argv=None):
     for mode in args.modes:
         for frames in args.frames:
             for name in MODELS:
-                frame_rows.append(run_child(name, frames, 224, mode, args.timeout))
+                frame_rows.append(run_child(name, frames, 224, mode, args.timeout, args.repeats, args.repeat_seconds))
                 print("  measured", frame_rows[-1], flush=True)
         for resolution in args.resolutions:
             for name in MODELS:
-                resolution_rows.append(run_child(name, 8, resolution, mode, args.timeout))
+                resolution_rows.append(run_child(name, 8, resolution, mode, args.timeout, args.repeats, args.repeat_seconds))
                 print("  measured", resolution_rows[-1], flush=True)
     if args.json:
         with open(args.json, "w") as handle:

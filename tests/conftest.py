@@ -1,7 +1,21 @@
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
 from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeForVideoClassification
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(command, cwd, timeout=600):
+    """Run a recipe or bench script in a subprocess (repo on PYTHONPATH, one thread); assert it succeeded."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    return result
 
 
 def small_config(**overrides) -> StretchySnakeConfig:

@@ -1,16 +1,14 @@
 """The training recipe end to end on tiny generated data: one process, two CPU processes, a corrupt video."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import ROOT, run_script
 from modeling_stretchysnake.synthetic_actions import generate_action_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = [
     "--max_steps", "4", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4",
     "--train_frames", "2", "3", "--train_resolutions", "28", "56", "--eval_frames", "2", "4",
@@ -34,18 +32,11 @@ def manifest_dir(tmp_path_factory):
     return root / "with_broken"
 
 
-def run(command, cwd, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
-    return result
-
-
 def test_train_recipe_one_process(manifest_dir, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("variant: static_tokens\nlearning_rate: 0.001\npreset: embedded\n")
     out = tmp_path / "out"
-    result = run([sys.executable, str(ROOT / "recipes" / "train.py"), "--config", str(config), "--manifest",
+    result = run_script([sys.executable, str(ROOT / "recipes" / "train.py"), "--config", str(config), "--manifest",
                   str(manifest_dir), "--output_dir", str(out), *TINY_RUN], tmp_path)
     assert "top-1 accuracy (%) over frames x resolution" in result.stdout
     assert "unreadable videos skipped: " in result.stdout and "broken.mp4" in result.stdout + result.stderr
@@ -68,7 +59,7 @@ def test_yaml_and_flags_override_order():
 
 def test_train_recipe_two_cpu_processes(manifest_dir, tmp_path):
     out = tmp_path / "out2"
-    result = run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+    result = run_script([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
                   str(ROOT / "recipes" / "train.py"), "--manifest", str(manifest_dir), "--output_dir", str(out),
                   *TINY_RUN], tmp_path, timeout=900)
@@ -99,14 +90,3 @@ def test_configs_combine_in_order():
                                                  str(configs / "variant_flexivit.yaml"), "--learning_rate", "3e-4"])
     assert args.variant == "flexivit" and args.train_resolutions == [240] and args.manifest == "manifests/ucf101"
     assert training_args.learning_rate == 3e-4
-
-
-def test_flexibility_benchmark_runs_end_to_end(tmp_path):
-    """bench/flexibility.py with two runs of two steps: it trains, evaluates and prints its comparison."""
-    result = run([sys.executable, str(ROOT / "bench" / "flexibility.py"), "--runs", "fixed", "static_tokens",
-                  "--steps", "2", "--train_per_class", "2", "--eval_per_class", "1", "--eval_frames", "2",
-                  "--eval_resolutions", "64", "128", "--output_dir", str(tmp_path / "flex")], tmp_path)
-    assert "static_tokens vs fixed: grid mean" in result.stdout
-    assert "best variant on this budget: static_tokens" in result.stdout
-    summary = json.loads((tmp_path / "flex" / "summary.json").read_text())
-    assert set(summary) == {"fixed", "static_tokens"} and set(summary["fixed"]) == {"2x64", "2x128"}

@@ -1,0 +1,39 @@
+"""The benchmark scripts end to end at toy size: they run, and print and write what they measured."""
+
+import json
+import sys
+
+from conftest import ROOT, run_script
+
+
+def test_flexibility_benchmark_runs_end_to_end(tmp_path):
+    """bench/flexibility.py with two runs of two steps: it trains, evaluates and prints its comparison."""
+    result = run_script([sys.executable, str(ROOT / "bench" / "flexibility.py"), "--runs", "fixed", "static_tokens",
+                         "--steps", "2", "--train_per_class", "2", "--eval_per_class", "1", "--eval_frames", "2",
+                         "--eval_resolutions", "64", "128", "--output_dir", str(tmp_path / "flex")], tmp_path)
+    assert "static_tokens vs fixed: grid mean" in result.stdout
+    assert "best variant on this budget: static_tokens" in result.stdout
+    summary = json.loads((tmp_path / "flex" / "summary.json").read_text())
+    assert set(summary) == {"fixed", "static_tokens"} and set(summary["fixed"]) == {"2x64", "2x128"}
+
+
+def test_scaling_benchmark_prints_its_tables(tmp_path):
+    """bench/scaling.py on a tiny grid (fresh subprocess per cell): timings, memory, GFLOPs and the growth lines."""
+    rows_file = tmp_path / "rows.json"
+    result = run_script([sys.executable, str(ROOT / "bench" / "scaling.py"), "--frames", "1", "2", "--resolutions", "32",
+                         "--modes", "fwd", "--repeats", "2", "--json", str(rows_file)], tmp_path)
+    rows = json.loads(rows_file.read_text())
+    assert len(rows) == 6 and not any("error" in row for row in rows)
+    assert all(row["seconds"] > 0 and row["gflops"] > 0 and 1 <= row["passes_timed"] <= 2 for row in rows)
+    ours = {row["frames"]: row["gflops"] for row in rows if row["model"] == "stretchysnake" and row["resolution"] == 224}
+    assert ours[2] > 1.9 * ours[1]  # linear in tokens
+    assert "seconds (224 px):" in result.stdout and "gflops (8 frames):" in result.stdout
+
+
+def test_scan_benchmark_prints_speedups_and_agreement(tmp_path):
+    result = run_script([sys.executable, str(ROOT / "bench" / "scan.py"), "--length", "40", "--d-inner", "8",
+                         "--repeats", "1"], tmp_path)
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("cpu ")]
+    assert [(row[1], row[2]) for row in rows] == [("fwd", "reference"), ("fwd", "chunked"),
+                                                  ("fwd+bwd", "reference"), ("fwd+bwd", "chunked")]
+    assert all(float(row[-1]) < 1e-4 for row in rows)  # max relative deviation from the reference
