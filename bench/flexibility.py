@@ -66,13 +66,16 @@ def main(argv=None):
                    "--manifest", str(data / "manifest"), "--output_dir", str(out / name), "--max_steps", str(args.steps),
                    "--base_resolution", str(BASE_RESOLUTION), "--seed", str(args.seed), *OPTIMISER,
                    "--eval_frames", *map(str, args.eval_frames), "--eval_resolutions", *map(str, args.eval_resolutions)]
-        start = time.perf_counter()
-        completed = subprocess.run(command, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), **_env()})
-        wall[name] = time.perf_counter() - start
         (out / name).mkdir(parents=True, exist_ok=True)
-        (out / name / "train.log").write_text(completed.stdout + completed.stderr)
+        log = out / name / "train.log"  # written as the run goes: `tail -f` it to follow progress
+        print(f"{name}: training, log {log}", flush=True)
+        start = time.perf_counter()
+        with log.open("w") as handle:
+            completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, text=True,
+                                       env={"PYTHONPATH": str(ROOT), **_env()})
+        wall[name] = time.perf_counter() - start
         if completed.returncode != 0:
-            print(f"{name}: failed\n{completed.stderr[-2000:]}")
+            print(f"{name}: failed\n{log.read_text()[-2000:]}")
             continue
         rows = json.loads((out / name / "scale_grid.json").read_text())
         results[name] = {(r["frames"], r["resolution"]): r["top1"] for r in rows}
