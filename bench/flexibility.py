@@ -1,7 +1,7 @@
 """The paper's central experiment at CPU size: fixed-scale training vs flexible training, same steps and seed.
 
     python bench/flexibility.py                       # all six runs, about 55 minutes on 2 CPU cores
-    python bench/flexibility.py --runs fixed static_tokens static_patches      # fixed vs the two static variants, about 25
+    python bench/flexibility.py --runs fixed static_tokens static_patches     # the central three, about 25
 
 Data: the generated moving-square action dataset (5 classes that need motion; 200 train / 40 test videos per
 class). Model: 96 x 4 layers, base grid 4 x 4 (64 px, patch 16), trained from scratch by recipes/train.py, one
