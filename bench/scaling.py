@@ -84,7 +84,7 @@ def count_gflops(name: str, frames: int, resolution: int) -> float:
     return flops / 1e9
 
 
-def measure(name: str, frames: int, resolution: int, mode: str, repeats: int = 3, repeat_seconds: float = 30.0) -> dict:
+def measure(name: str, frames: int, resolution: int, mode: str, repeats: int, repeat_seconds: float) -> dict:
     """Runs inside the child process."""
     import resource
     import statistics
@@ -136,7 +136,7 @@ def child(argv) -> None:
     print("RESULT " + json.dumps(row), flush=True)
 
 
-def run_child(name, frames, resolution, mode, timeout, repeats=3, repeat_seconds=30.0) -> dict:
+def run_child(name, frames, resolution, mode, timeout, repeats, repeat_seconds) -> dict:
     command = [sys.executable, __file__, "--child", name, *map(str, (frames, resolution, mode, repeats, repeat_seconds))]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)

@@ -11,9 +11,9 @@ from datasets import load_from_disk
 
 from modeling_stretchysnake import StretchySnakeVideoProcessor
 from modeling_stretchysnake.data import VideoClipDataset
+from conftest import ROOT
 from modeling_stretchysnake.synthetic_actions import write_video
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from data_scripts import breakfast, coin, custom, diving48, hmdb51, ssv2, ucf101  # noqa: E402
 

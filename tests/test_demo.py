@@ -1,10 +1,9 @@
-import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, run_script
+
 sys.path.insert(0, str(ROOT / "recipes"))
 
 import demo  # noqa: E402
@@ -20,11 +19,8 @@ def test_rendered_clip_moves():
 
 def test_demo_runs_a_saved_model_at_several_scales(model, tmp_path):
     model.save_pretrained(tmp_path / "m")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "demo.py"), "--model", str(tmp_path / "m"), "--scales", "1x32", "3x16", "6x48"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_script([sys.executable, str(ROOT / "recipes" / "demo.py"), "--model", str(tmp_path / "m"),
+                         "--scales", "1x32", "3x16", "6x48"], tmp_path, timeout=300)
     rows = [line.split() for line in result.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [(row[0], row[1], row[2], row[3]) for row in rows] == [
         ("1", "32", "8", str(1 + 16)),

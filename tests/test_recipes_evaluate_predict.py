@@ -1,16 +1,14 @@
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import small_config
+from conftest import ROOT, small_config
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
 from modeling_stretchysnake.probes import linear_probe_accuracy, nearest_neighbour_accuracy
 from modeling_stretchysnake.synthetic_actions import ACTIONS, generate_action_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))
 import evaluate as evaluate_recipe  # noqa: E402
 import predict as predict_recipe  # noqa: E402
