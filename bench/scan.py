@@ -1,11 +1,15 @@
-"""Selective-scan backends side by side: sequential reference vs chunked pure-PyTorch vs mamba-ssm (CUDA).
+"""Selective-scan backends side by side in one run: forward and forward+backward, small and large decays.
 
-    python bench/scan.py                    # L=1568 (8 frames x 196 tokens), d_inner=768, N=16, batch 1
-    python bench/scan.py --length 392 --skip-reference-backward
+    python bench/scan.py                                   # L=1568 (8 frames x 196 tokens), d_inner=768, N=16
+    python bench/scan.py --batches 1 --decays small --threads 1
 
-Inputs look like a trained mixer's: dt bias from Mamba's log-uniform init, small dt projections, A = -(1..N).
-Prints per-backend times, the speed-up over the reference measured in this run, and the largest deviation
-from the reference (outputs and input gradients, relative to each tensor's largest magnitude).
+CPU: the sequential reference, `chunked` (pure PyTorch) and `numba` (fused kernel). CUDA, where present:
+`mamba_ssm` (if it imports), `triton` and `chunked`. Inputs look like a trained mixer's (small dt projections,
+A = -(1..N)); the dt bias sets the decay regime: "small" dt ~ 0.01, "large" dt ~ 3 (per-step log-decays up to
+48, which trained models reach). Backends are timed round-robin, each time the median of --repeats; the
+reference (one Python step per token) once. The first call of the numba kernels, which compiles them or loads
+them from numba's cache, is timed apart and kept out of the table. Deviations are the largest absolute error
+relative to the reference tensor's largest magnitude, over the output and (fwd+bwd) all eight gradients.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import statistics
 import time
 
 import torch
@@ -22,13 +27,14 @@ from modeling_stretchysnake.selective_scan import (
     selective_scan_chunked,
     selective_scan_reference,
 )
+from modeling_stretchysnake.selective_scan_fused import numba_available, selective_scan_fused, triton_available
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+TIME_STEPS = {"small": 0.01, "large": 3.0}
 
 
-def make_inputs(batch, d_inner, length, n, device, seed=0):
+def make_inputs(batch, d_inner, length, n, time_step, device, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    dt = torch.exp(torch.rand(d_inner, generator=generator) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
     inputs = dict(
         u=torch.randn(batch, d_inner, length, generator=generator),
         delta=torch.randn(batch, d_inner, length, generator=generator) * 0.1,
@@ -37,9 +43,26 @@ def make_inputs(batch, d_inner, length, n, device, seed=0):
         C=torch.randn(batch, n, length, generator=generator),
         D=torch.ones(d_inner),
         z=torch.randn(batch, d_inner, length, generator=generator),
-        delta_bias=dt + torch.log(-torch.expm1(-dt)),
+        delta_bias=torch.full((d_inner,), math.log(math.expm1(time_step))),  # softplus(bias) = time_step
     )
     return {name: value.to(device) for name, value in inputs.items()}
+
+
+def backends_for(device):
+    if device.type == "cpu":
+        backends = {"reference": selective_scan_reference, "chunked": selective_scan_chunked}
+        if numba_available():
+            backends["numba"] = selective_scan_fused
+        return backends
+    backends = {}
+    mamba = load_mamba_ssm_scan()
+    if mamba is not None:
+        backends["mamba_ssm"] = lambda u, delta, A, B, C, D, z, delta_bias, delta_softplus: mamba(
+            u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    if triton_available():
+        backends["triton"] = selective_scan_fused
+    backends["chunked"] = selective_scan_chunked
+    return backends
 
 
 def synchronize(device):
@@ -47,28 +70,56 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def run(fn, inputs, backward):
+def run(fn, inputs, backward, device):
+    """One timed call: seconds, output and (backward) the eight gradients."""
     leaves = {k: v.clone().requires_grad_(backward) for k, v in inputs.items()}
-    out = fn(**leaves, delta_softplus=True)
-    grads = None
-    if backward:
-        out.square().mean().backward()
-        grads = [leaves[name].grad for name in GRAD_NAMES]
-    return out.detach(), grads
-
-
-def timed(fn, inputs, backward, repeats, device):
-    run(fn, inputs, backward)  # warm-up
     synchronize(device)
     start = time.perf_counter()
-    for _ in range(repeats):
-        result = run(fn, inputs, backward)
+    out = fn(**leaves, delta_softplus=True)
+    if backward:
+        out.square().mean().backward()
     synchronize(device)
-    return (time.perf_counter() - start) / repeats, result
+    seconds = time.perf_counter() - start
+    grads = [leaves[name].grad for name in GRAD_NAMES] if backward else None
+    return seconds, out.detach(), grads
 
 
 def relative_deviation(actual, expected):
     return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max().clamp(min=1e-12)).item()
+
+
+def first_call_seconds(device):
+    """Time of the first fused call in this process (numba: compile once per machine, then a cache load)."""
+    if device.type != "cpu" or not numba_available():
+        return None
+    tiny = make_inputs(1, 2, 3, 4, 0.01, device)
+    return run(selective_scan_fused, tiny, True, device)[0]
+
+
+def measure(device, batch, decay, args):
+    """Rows (pass, backend, median seconds, deviation from the reference) for one input setting."""
+    inputs = make_inputs(batch, args.d_inner, args.length, args.state, TIME_STEPS[decay], device)
+    backends = backends_for(device)
+    rows = []
+    for backward in (False, True):
+        pass_name = "fwd+bwd" if backward else "fwd"
+        names = [n for n in backends if not (n == "reference" and backward and args.skip_reference_backward)]
+        first = {name: run(backends[name], inputs, backward, device) for name in names}  # warm-up + results
+        times = {name: [] for name in names if name != "reference"}
+        for _ in range(args.repeats):  # round-robin, so load from other processes hits every backend alike
+            for name in times:
+                times[name].append(run(backends[name], inputs, backward, device)[0])
+        reference = first.get("reference")
+        for name in names:
+            seconds = first[name][0] if name == "reference" else statistics.median(times[name])
+            deviation = None
+            if reference is not None:
+                _, out, grads = first[name]
+                deviation = relative_deviation(out, reference[1])
+                if backward:
+                    deviation = max([deviation] + [relative_deviation(g, r) for g, r in zip(grads, reference[2])])
+            rows.append((pass_name, name, seconds, deviation))
+    return rows
 
 
 def main(argv=None):
@@ -76,54 +127,39 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=1568)
     parser.add_argument("--d-inner", type=int, default=768)
     parser.add_argument("--state", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--chunk-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--decays", nargs="+", choices=sorted(TIME_STEPS), default=["small", "large"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch (and numba) CPU threads")
     parser.add_argument("--skip-reference-backward", action="store_true", help="the reference backward is slow")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-    print(f"batch {args.batch}, L {args.length}, d_inner {args.d_inner}, N {args.state}, float32")
-    rows = []
+    print(f"L {args.length}, d_inner {args.d_inner}, N {args.state}, float32; wall time, median of {args.repeats}")
     for device in devices:
-        inputs = make_inputs(args.batch, args.d_inner, args.length, args.state, device)
-        backends = {
-            "reference": selective_scan_reference,
-            "chunked": lambda **kw: selective_scan_chunked(**kw, chunk_size=args.chunk_size),
-        }
-        mamba = load_mamba_ssm_scan()
-        if device.type == "cuda" and mamba is not None:
-            backends["mamba_ssm"] = lambda **kw: mamba(
-                kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw["D"], z=kw["z"],
-                delta_bias=kw["delta_bias"], delta_softplus=True,
-            )
-        for backward in (False, True):
-            pass_name = "fwd+bwd" if backward else "fwd"
-            results = {}
-            for name, fn in backends.items():
-                if name == "reference" and backward and args.skip_reference_backward:
-                    continue
-                # The reference is one Python step per token: time it once.
-                repeats = 1 if name == "reference" else args.repeats
-                results[name] = timed(fn, inputs, backward, repeats, device)
-            reference = results.get("reference")
-            for name, (seconds, (out, grads)) in results.items():
-                speedup = deviation = None
-                if reference is not None:
-                    speedup = reference[0] / seconds
-                    deviation = relative_deviation(out, reference[1][0])
-                    if backward:
-                        deviation = max([deviation] + [relative_deviation(g, r) for g, r in zip(grads, reference[1][1])])
-                rows.append((device.type, pass_name, name, seconds, speedup, deviation))
+        compile_seconds = first_call_seconds(device)
+        if compile_seconds is not None:
+            print(f"numba first call (compile, or load from numba's cache): {compile_seconds:.1f} s")
 
     print()
-    print(f"{'device':<6} {'pass':<8} {'backend':<10} {'ms':>10} {'x reference':>12} {'max rel. dev.':>14}")
-    for device, pass_name, name, seconds, speedup, deviation in rows:
-        speed = f"{speedup:>12.1f}" if speedup is not None else f"{'-':>12}"
-        dev = f"{deviation:>14.1e}" if deviation is not None else f"{'-':>14}"
-        print(f"{device:<6} {pass_name:<8} {name:<10} {seconds * 1e3:>10.1f} {speed} {dev}")
+    print(f"{'device':<6} {'batch':>5} {'decay':<6} {'pass':<8} {'backend':<10} {'ms':>10} {'x reference':>12} "
+          f"{'x chunked':>10} {'max rel. dev.':>14}")
+    for device in devices:
+        for batch in args.batches:
+            for decay in args.decays:
+                rows = measure(device, batch, decay, args)
+                base = {(p, n): s for p, n, s, _ in rows}
+                for pass_name, name, seconds, deviation in rows:
+                    reference, chunked = base.get((pass_name, "reference")), base.get((pass_name, "chunked"))
+                    cells = [f"{reference / seconds:>12.1f}" if reference else f"{'-':>12}",
+                             f"{chunked / seconds:>10.1f}" if chunked else f"{'-':>10}",
+                             f"{deviation:>14.1e}" if deviation is not None else f"{'-':>14}"]
+                    print(f"{device.type:<6} {batch:>5} {decay:<6} {pass_name:<8} {name:<10} {seconds * 1e3:>10.1f} "
+                          + " ".join(cells))
 
 
 if __name__ == "__main__":

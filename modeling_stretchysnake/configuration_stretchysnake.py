@@ -44,9 +44,10 @@ class StretchySnakeConfig(PretrainedConfig):
         scale_mode (`str`, defaults to `"static_tokens"`): how a call picks its patch size when none is given:
             `"static_tokens"` keeps the base token grid (patch = shorter side / (image_size / patch_size));
             `"static_patches"` keeps the base patch size (the grid grows with the resolution).
-        scan_backend (`str`, defaults to `"auto"`): `"auto"`, `"reference"`, `"chunked"` or `"mamba_ssm"`; the
-            environment variable `STRETCHYSNAKE_SCAN_BACKEND` overrides it.
-        scan_chunk_size (`int`, defaults to 32): chunk length of the pure-PyTorch chunked scan.
+        scan_backend (`str`, defaults to `"auto"`): `"auto"` (the fastest available for the device: numba on CPU;
+            mamba-ssm, else Triton on CUDA; else chunked), `"numba"`, `"triton"`, `"mamba_ssm"`, `"chunked"` or
+            `"reference"`; the environment variable `STRETCHYSNAKE_SCAN_BACKEND` overrides it.
+        scan_chunk_size (`int`, defaults to 16): chunk length of the pure-PyTorch chunked scan.
     """
 
     model_type = "stretchysnake"
@@ -75,7 +76,7 @@ class StretchySnakeConfig(PretrainedConfig):
         kernel_resize_mode: str = "bicubic",
         scale_mode: str = "static_tokens",
         scan_backend: str = "auto",
-        scan_chunk_size: int = 32,
+        scan_chunk_size: int = 16,
         **kwargs,
     ):
         if kernel_resize_mode not in KERNEL_RESIZE_MODES:

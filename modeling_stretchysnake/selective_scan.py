@@ -1,6 +1,6 @@
-"""Selective-scan backends for the Mamba-1 mixer.
+"""Selective-scan backends for the Mamba-1 mixer, and the dispatch between them.
 
-All three compute the same function (mamba-ssm's ``selective_scan_fn`` semantics):
+All compute the same function (mamba-ssm's ``selective_scan_fn`` semantics):
 
     delta = softplus(delta + delta_bias)                     (if asked)
     h_t   = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t  (state per channel d and state index n)
@@ -8,34 +8,32 @@ All three compute the same function (mamba-ssm's ``selective_scan_fn`` semantics
 
 Shapes: u, delta, z (batch, d_inner, L); A (d_inner, N); B, C (batch, N, L); D, delta_bias (d_inner,).
 
-- ``selective_scan_reference``: one Python step per token; the readable ground truth used by tests.
-- ``selective_scan_chunked``: the default off CUDA. Walks the sequence in chunks; inside a chunk the
-  recurrence is solved in closed form with cumulative sums, in float32 for float32/16-bit inputs.
-- mamba-ssm's CUDA kernel: imported lazily (upstream mamba-ssm cannot even be imported without its CUDA
-  build) and used only when it imports and the tensors live on a CUDA device.
+| backend     | device | what                                                                              |
+|-------------|--------|-----------------------------------------------------------------------------------|
+| ``numba``   | CPU    | fused kernel, forward and backward (``selective_scan_numba``); the CPU default      |
+| ``triton``  | CUDA   | fused kernel in Triton (``selective_scan_triton``); default when mamba-ssm is absent |
+| ``mamba_ssm``| CUDA  | mamba-ssm's CUDA kernel, imported lazily; the CUDA default when it imports          |
+| ``chunked`` | any    | pure PyTorch: parallel scan inside chunks; the portable fallback                    |
+| ``reference``| any   | one Python step per token: the readable ground truth used by tests                 |
+
+numba and Triton run as ``torch.library`` custom ops (``selective_scan_fused``), so ``torch.compile`` and
+``torch.export`` work through them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import torch
 import torch.nn.functional as F
 
+from .selective_scan_fused import numba_available, selective_scan_fused, triton_available
+
 logger = logging.getLogger(__name__)
 
-SCAN_BACKENDS = ("auto", "reference", "chunked", "mamba_ssm")
+SCAN_BACKENDS = ("auto", "numba", "triton", "mamba_ssm", "chunked", "reference")
 SCAN_BACKEND_ENV = "STRETCHYSNAKE_SCAN_BACKEND"
-
-# Inside a chunk the state is exp(S_t) * cumsum(exp(-S_s) * x_s) with S the cumulative log-decay (<= 0), taken
-# relative to the chunk's middle step, so the largest factors are exp(S_0 - S_mid) and exp(S_mid - S_end). Each
-# must stay far below float32 overflow (e^88) even after multiplying inputs and summing over the chunk, so a chunk
-# where either half's log-decay range exceeds this is split. (The decay can sit almost all in one half: bounding
-# only the chunk's total let exp(~100) overflow to inf and gave NaN in training.)
-_MAX_HALF_CHUNK_LOG_DECAY = 60.0
-
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
     # The state is kept in float32 for half-precision inputs (fp16/bf16 states overflow or drift); float64
@@ -80,39 +78,24 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 
 
 def _scan_chunk(state, delta, delta_u, A, B, C):
-    """Solve one chunk in closed form, splitting it while its decay range is too wide for float32.
+    """Solve one chunk of k steps with a parallel (Hillis-Steele) scan, exact at any decay.
 
     state (batch, d_inner, N); delta, delta_u (batch, k, d_inner); A (d_inner, N); B, C (batch, k, N).
     Returns y (batch, k, d_inner) and the state after the chunk.
+
+    The recurrence h_t = a_t * h_{t-1} + x_t is composed in log2(k) rounds: after the round with offset j, each
+    step holds the effect of the 2j steps up to it. Only products of per-step decays a = exp(delta * A) appear,
+    never a division by one (<= 1 for A < 0), so nothing overflows at any decay, and no branch depends on the data.
     """
-    length = delta.shape[1]
-    if length == 1:  # one plain recurrence step: exact for any decay, however strong
-        state = torch.exp(delta[:, 0, :, None] * A) * state + delta_u[:, 0, :, None] * B[:, 0, None, :]
-        return torch.einsum("bdn,bn->bd", state, C[:, 0]).unsqueeze(1), state
-    # Running sums over the chunk are GEMMs with a lower-triangular matrix: far faster than torch.cumsum on CPU.
-    causal = torch.ones(length, length, device=delta.device, dtype=delta.dtype).tril_()
-    # The log-decay of step t is delta_t * A, so its running sum factorises as S_t = cumsum(delta)_t * A.
-    cum_delta = torch.matmul(causal, delta)  # (batch, k, d_inner)
-    middle = cum_delta[:, length // 2, None]  # (batch, 1, d_inner)
-    half_ranges = torch.stack([middle[:, 0] - cum_delta[:, 0], cum_delta[:, -1] - middle[:, 0]])  # (2, batch, d_inner)
-    widest_half = float((half_ranges[..., None] * -A).detach().max())
-    if widest_half > _MAX_HALF_CHUNK_LOG_DECAY:  # split once into pieces that each fit (they re-check themselves)
-        pieces = min(length, math.ceil(2 * widest_half / _MAX_HALF_CHUNK_LOG_DECAY))
-        ys = []
-        for parts in zip(*(t.tensor_split(pieces, dim=1) for t in (delta, delta_u, B, C))):
-            y, state = _scan_chunk(state, parts[0], parts[1], A, parts[2], parts[3])
-            ys.append(y)
-        return torch.cat(ys, dim=1), state
-    # h_t = exp(S_t) * (h_0 + sum_{s<=t} exp(-S_s) x_s). S is taken relative to the chunk's middle step so that
-    # exp(S) and exp(-S) both stay within exp(_MAX_HALF_CHUNK_LOG_DECAY).
-    log_decay = (cum_delta - middle)[..., None] * A  # S_t - S_mid: (batch, k, d_inner, N)
-    decay = torch.exp(log_decay)
-    # exp(-S) gets its own exp: through 1 / exp(S), autograd would form exp(-2S), which overflows float32.
-    weighted = torch.exp(-log_decay) * delta_u[..., None] * B[:, :, None, :]  # x_s * exp(-S_s)
-    # h_0 joins the first input (every step t >= 0 sums over it), scaled by exp(S_mid) as the rest are.
-    weighted[:, 0] += state * torch.exp(middle[:, 0, :, None] * A)
-    states = decay * torch.matmul(causal, weighted.flatten(2)).view_as(decay)
-    y = torch.einsum("bkdn,bkn->bkd", states, C)
+    decays = torch.exp(delta[..., None] * A)  # (batch, k, d_inner, N)
+    states = delta_u[..., None] * B[:, :, None, :]  # x_t: (batch, k, d_inner, N)
+    length, offset = delta.shape[1], 1
+    while offset < length:
+        states = torch.cat([states[:, :offset], states[:, offset:] + decays[:, offset:] * states[:, :-offset]], 1)
+        decays = torch.cat([decays[:, :offset], decays[:, offset:] * decays[:, :-offset]], 1)
+        offset *= 2
+    states = states + decays * state[:, None]  # decays now hold the products a_0 ... a_t
+    y = torch.einsum("btdn,btn->btd", states, C)
     return y, states[:, -1]
 
 
@@ -161,9 +144,9 @@ class _ChunkedScan(torch.autograd.Function):
 
 
 def selective_scan_chunked(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size: int = 32
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size: int = 16
 ):
-    """Fast pure-PyTorch scan: same result as the reference, a few tensor ops per chunk instead of per token."""
+    """Portable pure-PyTorch scan: same result as the reference, a few tensor ops per chunk instead of per token."""
     out_dtype = u.dtype
     u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
     delta_t = delta.transpose(1, 2).contiguous()  # (batch, L, d_inner)
@@ -192,7 +175,28 @@ def load_mamba_ssm_scan():
     return _mamba_ssm_scan
 
 
-_logged_backends: set[str] = set()
+# What each explicitly named backend needs: (device type it runs on or None for any, availability check).
+_REQUIREMENTS = {
+    "reference": (None, None),
+    "chunked": (None, None),
+    "numba": ("cpu", lambda: numba_available()),
+    "triton": ("cuda", lambda: triton_available()),
+    "mamba_ssm": ("cuda", lambda: load_mamba_ssm_scan() is not None),
+}
+_INSTALL_HINTS = {"numba": "pip install numba", "triton": "pip install triton", "mamba_ssm": "pip install mamba-ssm"}
+_logged_backends: set[tuple[str, str]] = set()
+
+
+def _auto_backend(device: torch.device) -> str:
+    """The fastest backend available for a device."""
+    if device.type == "cuda":
+        if load_mamba_ssm_scan() is not None:
+            return "mamba_ssm"
+        if triton_available():
+            return "triton"
+    elif device.type == "cpu" and numba_available():
+        return "numba"
+    return "chunked"
 
 
 def resolve_scan_backend(requested: str, device: torch.device) -> str:
@@ -201,20 +205,26 @@ def resolve_scan_backend(requested: str, device: torch.device) -> str:
     if name not in SCAN_BACKENDS:
         raise ValueError(f"Unknown scan backend {name!r}; expected one of {SCAN_BACKENDS}.")
     if name == "auto":
-        name = "mamba_ssm" if device.type == "cuda" and load_mamba_ssm_scan() is not None else "chunked"
-    elif name == "mamba_ssm":
-        if load_mamba_ssm_scan() is None:
-            raise RuntimeError("scan backend 'mamba_ssm' was asked for but mamba-ssm cannot be imported.")
-        if device.type != "cuda":
-            raise RuntimeError(f"scan backend 'mamba_ssm' needs CUDA tensors, got device {device}.")
-    if name not in _logged_backends:
-        _logged_backends.add(name)
-        logger.info("StretchySnake selective scan backend: %s (device %s)", name, device)
+        name = _auto_backend(device)
+    else:
+        device_type, available = _REQUIREMENTS[name]
+        if available is not None and not available():
+            raise RuntimeError(
+                f"scan backend {name!r} was asked for but cannot be imported ({_INSTALL_HINTS[name]})."
+            )
+        if device_type is not None and device.type != device_type:
+            raise RuntimeError(
+                f"scan backend {name!r} needs {device_type.upper()} tensors, got device {device}; "
+                "use scan_backend='auto' to pick the fastest one for each device."
+            )
+    if (name, device.type) not in _logged_backends:
+        _logged_backends.add((name, device.type))
+        logger.info("StretchySnake selective scan backend: %s (device %s)", name, device.type)
     return name
 
 
 def selective_scan(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend="auto", chunk_size=32
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend="auto", chunk_size=16
 ):
     """Dispatch to the chosen backend (see ``resolve_scan_backend``)."""
     name = resolve_scan_backend(backend, u.device)
@@ -222,6 +232,8 @@ def selective_scan(
         return load_mamba_ssm_scan()(
             u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus
         )
+    if name in ("numba", "triton"):
+        return selective_scan_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if name == "reference":
         return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)

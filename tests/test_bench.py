@@ -31,9 +31,11 @@ def test_scaling_benchmark_prints_its_tables(tmp_path):
 
 
 def test_scan_benchmark_prints_speedups_and_agreement(tmp_path):
-    result = run_script([sys.executable, str(ROOT / "bench" / "scan.py"), "--length", "40", "--d-inner", "8",
-                         "--repeats", "1"], tmp_path)
+    result = run_script([sys.executable, str(ROOT / "bench" / "scan.py"), "--length", "70", "--d-inner", "8",
+                         "--repeats", "1", "--batches", "1", "2"], tmp_path)
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("cpu ")]
-    assert [(row[1], row[2]) for row in rows] == [("fwd", "reference"), ("fwd", "chunked"),
-                                                  ("fwd+bwd", "reference"), ("fwd+bwd", "chunked")]
-    assert all(float(row[-1]) < 1e-4 for row in rows)  # max relative deviation from the reference
+    expected = [(batch, decay, pass_name, backend) for batch in ("1", "2") for decay in ("small", "large")
+                for pass_name in ("fwd", "fwd+bwd") for backend in ("reference", "chunked", "numba")]
+    assert [tuple(row[1:5]) for row in rows] == expected
+    assert all(float(row[-1]) < 1e-5 for row in rows)  # max relative deviation from the reference
+    assert "numba first call" in result.stdout

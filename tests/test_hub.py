@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification
 
@@ -22,7 +24,9 @@ def test_save_load_round_trip_gives_identical_logits(model, tmp_path):
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
     assert {"model.safetensors", "config.json", "modeling_stretchysnake.py", "configuration_stretchysnake.py"} <= files
-    assert {"resizing.py", "selective_scan.py"} <= files  # relative imports travel with the code
+    # relative imports travel with the code, the fused kernels' modules included
+    assert {"resizing.py", "selective_scan.py", "selective_scan_fused.py", "selective_scan_numba.py",
+            "selective_scan_triton.py"} <= files
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForVideoClassification"].endswith("StretchySnakeForVideoClassification")
 
@@ -34,7 +38,13 @@ def test_save_load_round_trip_gives_identical_logits(model, tmp_path):
     torch.testing.assert_close(backbone(pixel_values).pooler_output, model.stretchysnake(pixel_values).pooler_output)
 
 
-def test_trust_remote_code_load_without_the_package(model, tmp_path):
+@pytest.mark.parametrize(
+    "hidden,backend,tolerance",
+    [(("modeling_stretchysnake",), "numba", 0.0), (("modeling_stretchysnake", "numba"), "chunked", 1e-5)],
+    ids=["with-numba", "without-numba"],
+)
+def test_trust_remote_code_load_without_the_package(model, tmp_path, hidden, backend, tolerance):
+    """The saved folder alone runs the model; its fused CPU kernel where numba is installed, chunked otherwise."""
     folder, inputs = tmp_path / "model", tmp_path / "inputs.pt"
     model.save_pretrained(folder)
     pixel_values = torch.randn(1, 5, 3, 24, 24)
@@ -43,9 +53,9 @@ def test_trust_remote_code_load_without_the_package(model, tmp_path):
         f"""
         import sys, torch
 
-        class HidePackage:  # the installed package must play no part: make it unimportable
+        class HidePackage:  # the installed package (and here maybe numba) must play no part: make them unimportable
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "modeling_stretchysnake":
+                if name.split(".")[0] in {hidden!r}:
                     raise ImportError("hidden for this test")
 
         sys.meta_path.insert(0, HidePackage())
@@ -58,7 +68,9 @@ def test_trust_remote_code_load_without_the_package(model, tmp_path):
         model = AutoModelForVideoClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         data = torch.load({str(inputs)!r})
-        torch.testing.assert_close(model(data["pixel_values"]).logits, data["logits"], rtol=0, atol=0)
+        torch.testing.assert_close(model(data["pixel_values"]).logits, data["logits"], rtol=0, atol={tolerance!r})
+        scan = sys.modules[type(model).__module__.rsplit(".", 1)[0] + ".selective_scan"]
+        assert scan.resolve_scan_backend("auto", torch.device("cpu")) == {backend!r}
         print("remote code ok")
         """
     )

@@ -1,0 +1,221 @@
+"""The fused selective scan as PyTorch custom ops: numba on CPU, Triton on CUDA.
+
+``torch.ops.stretchysnake.selective_scan_fwd`` / ``selective_scan_bwd`` are registered with
+``torch.library.custom_op`` (a fake implementation for shapes, ``register_autograd`` for gradients), so
+``torch.compile`` and ``torch.export`` see one opaque op instead of tracing into numba or Triton. The CPU kernel
+is numba's, the CUDA kernel Triton's; each is imported on first use, so a missing numba or triton only matters
+to the device that needs it.
+
+Semantics and shapes are those of ``selective_scan_reference``: u, delta, z (batch, d_inner, L); A (d_inner, N);
+B, C (batch, N, L); D, delta_bias (d_inner,). The state is float32 (float64 for float64 inputs on CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+import torch
+
+CHECKPOINT_EVERY = 64  # at most this many steps between the states forward saves for backward
+GRADIENT_GROUPS = 16  # CPU: channel groups whose dB / dC partial sums are kept apart, then summed
+
+
+# The kernels are imported on first use, in the `from .module import` form: transformers copies the files that
+# form names into a saved model folder, so trust_remote_code users get the kernels too.
+@functools.cache
+def numba_kernels():
+    """The numba kernels (compiled on first call, not here); raises ImportError without numba."""
+    from .selective_scan_numba import scan_backward, scan_forward, set_threads
+
+    return SimpleNamespace(scan_forward=scan_forward, scan_backward=scan_backward, set_threads=set_threads)
+
+
+@functools.cache
+def triton_kernels():
+    """The Triton kernels' launchers; raises ImportError without triton."""
+    from .selective_scan_triton import scan_backward, scan_forward
+
+    return SimpleNamespace(scan_forward=scan_forward, scan_backward=scan_backward)
+
+
+def numba_available() -> bool:
+    try:
+        numba_kernels()
+        return True
+    except ImportError:
+        return False
+
+
+def triton_available() -> bool:
+    try:
+        triton_kernels()
+        return True
+    except ImportError:
+        return False
+
+
+def _checkpoint_count(length):
+    return -(-length // CHECKPOINT_EVERY)
+
+
+def _state_dtype(u: torch.Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 and u.device.type == "cpu" else torch.float32
+
+
+def _numpy(x: torch.Tensor):
+    return x.detach().contiguous().numpy()
+
+
+def _numpy_or_empty(x: torch.Tensor | None, like: torch.Tensor, dims: int):
+    # numba types every argument, used or not: an absent input is an empty array of the same rank
+    return _numpy(like.new_empty((0,) * dims) if x is None else x.to(like.dtype))
+
+
+_FORWARD = "stretchysnake::selective_scan_fwd"
+_BACKWARD = "stretchysnake::selective_scan_bwd"
+
+
+def _defined(qualified_name: str) -> bool:
+    # The same code may be imported twice in one process (the package and a trust_remote_code copy): the ops are
+    # registered once and shared, they compute the same function.
+    namespace, name = qualified_name.split("::")
+    return hasattr(getattr(torch.ops, namespace), name)
+
+
+if not _defined(_FORWARD):
+
+    @torch.library.custom_op(_FORWARD, mutates_args=(), device_types=("cpu", "cuda"))
+    def selective_scan_fwd(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor | None,
+        z: torch.Tensor | None,
+        delta_bias: torch.Tensor | None,
+        delta_softplus: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns y (batch, d_inner, L) in u's dtype and the saved states (batch, d_inner, chunks, N)."""
+        batch, d_inner, length = u.shape
+        state_dtype = _state_dtype(u)
+        checkpoints = u.new_empty(batch, d_inner, _checkpoint_count(length), A.shape[1], dtype=state_dtype)
+        B_rows, C_rows = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (batch, L, N)
+        if u.device.type == "cuda":
+            out = triton_kernels().scan_forward(u, delta, A, B_rows, C_rows, D, z, delta_bias, delta_softplus,
+                                                checkpoints)
+            return out.to(u.dtype), checkpoints
+        kernels = numba_kernels()
+        kernels.set_threads(torch.get_num_threads())
+        cast = [_numpy(x.to(state_dtype)) for x in (u, delta, A, B_rows, C_rows)]
+        optional = [_numpy_or_empty(x, checkpoints, dims) for x, dims in ((D, 1), (z, 3), (delta_bias, 1))]
+        out = u.new_empty(batch, d_inner, length, dtype=state_dtype)
+        kernels.scan_forward(*cast, *optional, delta_softplus, D is not None, z is not None, delta_bias is not None,
+                             out.numpy(), checkpoints.numpy())
+        return out.to(u.dtype), checkpoints
+
+    @selective_scan_fwd.register_fake
+    def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        batch, d_inner, length = u.shape
+        checkpoints = u.new_empty(batch, d_inner, _checkpoint_count(length), A.shape[1], dtype=_state_dtype(u))
+        return torch.empty_like(u, memory_format=torch.contiguous_format), checkpoints
+
+
+if not _defined(_BACKWARD):
+
+    @torch.library.custom_op(_BACKWARD, mutates_args=(), device_types=("cpu", "cuda"))
+    def selective_scan_bwd(
+        grad_out: torch.Tensor,
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: torch.Tensor | None,
+        z: torch.Tensor | None,
+        delta_bias: torch.Tensor | None,
+        checkpoints: torch.Tensor,
+        delta_softplus: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+               torch.Tensor]:
+        """Gradients for (u, delta, A, B, C, D, z, delta_bias), each in its input's shape and dtype; an absent
+        optional input gets an empty tensor."""
+        batch, d_inner, length = u.shape
+        n_state = A.shape[1]
+        B_rows, C_rows = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (batch, L, N)
+        if u.device.type == "cuda":
+            grads = triton_kernels().scan_backward(grad_out, u, delta, A, B_rows, C_rows, D, z, delta_bias,
+                                                   checkpoints, delta_softplus)
+        else:
+            kernels = numba_kernels()
+            kernels.set_threads(torch.get_num_threads())
+            dtype = checkpoints.dtype
+            groups = min(d_inner, GRADIENT_GROUPS)
+            new = functools.partial(torch.empty, dtype=dtype)
+            grads = (new(batch, d_inner, length), new(batch, d_inner, length),
+                     new(batch, d_inner, length) if z is not None else new(0, 0, 0),
+                     new(batch, d_inner, n_state), new(batch, d_inner), new(batch, d_inner),
+                     torch.zeros(batch, groups, length, n_state, dtype=dtype),
+                     torch.zeros(batch, groups, length, n_state, dtype=dtype))
+            inputs = [_numpy(x.to(dtype)) for x in (grad_out, u, delta, A, B_rows, C_rows)]
+            optional = [_numpy_or_empty(x, checkpoints, dims) for x, dims in ((D, 1), (z, 3), (delta_bias, 1))]
+            kernels.scan_backward(*inputs, *optional, checkpoints.numpy(), delta_softplus, D is not None,
+                                  z is not None, delta_bias is not None, *(g.numpy() for g in grads))
+        grad_u, grad_delta, grad_z, grad_A, grad_D, grad_bias, grad_B, grad_C = grads
+        return (
+            grad_u.to(u.dtype),
+            grad_delta.to(delta.dtype),
+            grad_A.sum(0).to(A.dtype),
+            grad_B.sum(1).transpose(1, 2).to(B.dtype),  # (batch, N, L)
+            grad_C.sum(1).transpose(1, 2).to(C.dtype),
+            grad_D.sum(0).to(D.dtype) if D is not None else u.new_empty(0),  # outputs may not alias: one each
+            grad_z.to(z.dtype) if z is not None else u.new_empty(0),
+            grad_bias.sum(0).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0),
+        )
+
+    @selective_scan_bwd.register_fake
+    def _(grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, delta_softplus):
+        def like_bnl(x):  # the (batch, N, L) view of (batch, L, N) memory the real kernel returns
+            return x.new_empty(x.shape[0], x.shape[2], x.shape[1]).transpose(1, 2)
+
+        return (
+            torch.empty_like(u, memory_format=torch.contiguous_format),
+            torch.empty_like(delta, memory_format=torch.contiguous_format),
+            torch.empty_like(A, memory_format=torch.contiguous_format),
+            like_bnl(B),
+            like_bnl(C),
+            torch.empty_like(D) if D is not None else u.new_empty(0),
+            torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else u.new_empty(0),
+            torch.empty_like(delta_bias) if delta_bias is not None else u.new_empty(0),
+        )
+
+    def _setup_context(ctx, inputs, output):
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
+        ctx.optional = (D is not None, z is not None, delta_bias is not None)
+        ctx.delta_softplus = delta_softplus
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1])
+
+    def _backward(ctx, grad_out, _grad_checkpoints):
+        u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        grads = torch.ops.stretchysnake.selective_scan_bwd(
+            grad_out.contiguous(), u, delta, A, B, C, D, z, delta_bias, checkpoints, ctx.delta_softplus
+        )
+        grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias = grads
+        has_D, has_z, has_bias = ctx.optional
+        return (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D if has_D else None, grad_z if has_z else None,
+                grad_bias if has_bias else None, None)
+
+    selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The fused scan, differentiable. 16-bit inputs are computed with an fp32 state and returned in their dtype."""
+    out_dtype = u.dtype
+    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    cast = [None if x is None else x.to(dtype) for x in (u, delta, A, B, C, D, z, delta_bias)]
+    out, _ = torch.ops.stretchysnake.selective_scan_fwd(*cast, delta_softplus)
+    return out.to(out_dtype)
+
+
+__all__ = ["selective_scan_fused", "numba_available", "triton_available", "CHECKPOINT_EVERY"]

@@ -1,0 +1,260 @@
+"""Fused Mamba-1 selective scan for CPU tensors, compiled with numba (forward and backward).
+
+Same function as ``selective_scan_reference`` (mamba-ssm ``selective_scan_fn`` semantics), computed with the
+exact per-step recurrence, so any decay is handled without splitting or overflow:
+
+    dt_t = softplus(delta_t + delta_bias)        h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t
+    y_t  = (<h_t, C_t> + D * u_t) * silu(z_t)
+
+Layout: one parallel task per (batch, channel) in forward; the loop over L keeps the N-value state in a small
+local array and is vectorised over N (polynomial ``exp`` / ``log1p`` that LLVM can vectorise: numba's
+``math.exp`` is a scalar libm call, ~10x slower here). Softplus and the gate's sigmoid are computed in
+separate vectorisable passes over time. The state before every ``checkpoint_every``-th step is saved; backward
+recomputes one such chunk at a time into a (chunk + 1, N) buffer and walks it back, so training memory is
+O(L * d_inner) rather than O(L * d_inner * N). Gradients of B and C are summed over channels per group of channels into
+(batch, groups, L, N) buffers and reduced afterwards in torch: no atomics, deterministic for any thread count.
+
+The kernels are compiled on first use (``cache=True``: once per machine, then loaded from numba's cache).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:  # transformers' remote-code import check skips try blocks: numba stays optional for Hub users
+    import numba
+    from numba import njit, prange
+    from numba.core import types
+    from numba.extending import intrinsic, overload
+except ImportError as error:
+    raise ImportError("the fused CPU selective scan needs numba (pip install numba)") from error
+
+_FAST = {"reassoc", "contract", "nsz", "arcp"}  # reassociation lets LLVM vectorise the sums over N
+_EXACT_ORDER = {"contract"}  # the polynomials' range reductions rely on their operation order
+
+
+@intrinsic
+def _int32_bits_as_float32(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.int32), codegen
+
+
+def exp_vectorisable(x):
+    """``exp`` that LLVM can vectorise inside numba loops (float32: Cephes polynomial; float64: math.exp)."""
+    return math.exp(x)
+
+
+@overload(exp_vectorisable, jit_options={"fastmath": _EXACT_ORDER})
+def _exp_vectorisable_overload(x):
+    if x == types.float32:
+
+        def exp_float32(x):
+            # Cody-Waite range reduction x = k ln2 + r, |r| <= ln2 / 2; 2^k built in the float's exponent bits.
+            if x < np.float32(-87.33):
+                return np.float32(0.0)  # below float32's normal range: exp underflows
+            x = min(x, np.float32(88.72))
+            k = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+            r = x - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
+            p = np.float32(1.9875691500e-4)
+            p = p * r + np.float32(1.3981999507e-3)
+            p = p * r + np.float32(8.3334519073e-3)
+            p = p * r + np.float32(4.1665795894e-2)
+            p = p * r + np.float32(1.6666665459e-1)
+            p = p * r + np.float32(5.0000001201e-1)
+            p = p * r * r + r + np.float32(1.0)
+            return p * _int32_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
+
+        return exp_float32
+
+    def exp_other(x):
+        return math.exp(x)
+
+    return exp_other
+
+
+def log1p_vectorisable(x):
+    """``log1p`` for x >= 0 that LLVM can vectorise (float32: Cephes polynomial; float64: math.log1p)."""
+    return math.log1p(x)
+
+
+@overload(log1p_vectorisable, jit_options={"fastmath": _EXACT_ORDER})
+def _log1p_vectorisable_overload(x):
+    if x == types.float32:
+
+        def log1p_float32(x):
+            w = np.float32(1.0) + x
+            # log(w) for w in [1, 2]: reduce to m in [sqrt(1/2), sqrt(2)), then Cephes' logf polynomial in f = m - 1.
+            big = w > np.float32(1.41421356)
+            m = w * np.float32(0.5) if big else w
+            k = np.float32(1.0) if big else np.float32(0.0)
+            f = m - np.float32(1.0)
+            p = np.float32(7.0376836292e-2)
+            p = p * f - np.float32(1.1514610310e-1)
+            p = p * f + np.float32(1.1676998740e-1)
+            p = p * f - np.float32(1.2420140846e-1)
+            p = p * f + np.float32(1.4249322787e-1)
+            p = p * f - np.float32(1.6668057665e-1)
+            p = p * f + np.float32(2.0000714765e-1)
+            p = p * f - np.float32(2.4999993993e-1)
+            p = p * f + np.float32(3.3333331174e-1)
+            f2 = f * f
+            log_w = f + (p * f * f2 - k * np.float32(2.12194440e-4) - np.float32(0.5) * f2) + k * np.float32(0.693359375)
+            # w = 1 + x rounds x; rescaling by x / (w - 1) restores log1p's accuracy for small x.
+            return x if w == np.float32(1.0) else log_w * (x / (w - np.float32(1.0)))
+
+        return log1p_float32
+
+    def log1p_other(x):
+        return math.log1p(x)
+
+    return log1p_other
+
+
+@njit(inline="always", cache=True, fastmath=_FAST)
+def _sigmoid(x, one):
+    return one / (one + exp_vectorisable(-x))
+
+
+@njit(inline="always", cache=True, fastmath=_FAST)
+def _softplus(x, zero):
+    return max(x, zero) + log1p_vectorisable(exp_vectorisable(-abs(x)))
+
+
+@njit(inline="always", cache=True, fastmath=_FAST)
+def _time_steps(delta_row, bias, softplus, zero, out):
+    """out[i] = softplus(delta_row[i] + bias) (or without softplus): one vectorisable pass."""
+    for i in range(out.shape[0]):
+        raw = delta_row[i] + bias
+        out[i] = _softplus(raw, zero) if softplus else raw
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias, out, checkpoints):
+    """u, delta, z: (batch, d_inner, L); A: (d_inner, N); B, C: (batch, L, N); D, delta_bias: (d_inner,) or
+    empty. Writes out (batch, d_inner, L) and checkpoints (batch, d_inner, chunks, N): the state before each
+    chunk of checkpoint_every = ceil(L / chunks) steps."""
+    batch, d_inner, length = u.shape
+    n_state = A.shape[1]
+    checkpoint_every = -(-length // checkpoints.shape[2])
+    zero = u.dtype.type(0.0)
+    one = u.dtype.type(1.0)
+    for task in prange(batch * d_inner):
+        b = task // d_inner
+        d = task % d_inner
+        state = np.zeros(n_state, dtype=u.dtype)
+        time_steps = np.empty(length, dtype=u.dtype)
+        _time_steps(delta[b, d], delta_bias[d] if has_bias else zero, softplus, zero, time_steps)
+        skip = D[d] if has_D else zero
+        for t in range(length):
+            if t % checkpoint_every == 0:
+                for n in range(n_state):
+                    checkpoints[b, d, t // checkpoint_every, n] = state[n]
+            dt = time_steps[t]
+            x = u[b, d, t]
+            dt_x = dt * x
+            y = zero
+            for n in range(n_state):
+                state[n] = exp_vectorisable(dt * A[d, n]) * state[n] + dt_x * B[b, t, n]
+                y += state[n] * C[b, t, n]
+            out[b, d, t] = y + skip * x
+        if has_z:
+            for t in range(length):
+                gate = z[b, d, t]
+                out[b, d, t] *= gate * _sigmoid(gate, one)
+
+
+@njit(parallel=True, cache=True, fastmath=_FAST)
+def scan_backward(
+    grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z, has_bias,
+    grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts,
+):
+    """Reverse scan. Inputs as in ``scan_forward`` plus grad_out (batch, d_inner, L). Writes grad_u,
+    grad_delta, grad_z (batch, d_inner, L); per-batch partials grad_A_parts (batch, d_inner, N), grad_D_parts and
+    grad_bias_parts (batch, d_inner); per-group partials grad_B_parts, grad_C_parts (batch, groups, L, N), which
+    must be zero on entry. grad_delta is with respect to the raw delta (before bias and softplus)."""
+    batch, d_inner, length = u.shape
+    n_state = A.shape[1]
+    checkpoint_every = -(-length // checkpoints.shape[2])
+    groups = grad_B_parts.shape[1]
+    per_group = (d_inner + groups - 1) // groups
+    zero = u.dtype.type(0.0)
+    one = u.dtype.type(1.0)
+    for task in prange(batch * groups):
+        b = task // groups
+        g = task % groups
+        states = np.empty((checkpoint_every + 1, n_state), dtype=u.dtype)  # states[i + 1] = h after step i
+        decays = np.empty((checkpoint_every, n_state), dtype=u.dtype)
+        time_steps = np.empty(checkpoint_every, dtype=u.dtype)
+        softplus_slopes = np.empty(checkpoint_every, dtype=u.dtype)
+        gate_sigmoids = np.empty(checkpoint_every, dtype=u.dtype)
+        grad_state = np.empty(n_state, dtype=u.dtype)
+        grad_A = np.empty(n_state, dtype=u.dtype)
+        for d in range(g * per_group, min((g + 1) * per_group, d_inner)):
+            bias = delta_bias[d] if has_bias else zero
+            skip = D[d] if has_D else zero
+            for n in range(n_state):
+                grad_state[n] = zero
+                grad_A[n] = zero
+            grad_D = zero
+            grad_bias = zero
+            for chunk in range(checkpoints.shape[2] - 1, -1, -1):
+                start = chunk * checkpoint_every
+                steps = min(checkpoint_every, length - start)
+                for i in range(steps):  # the chunk's per-step scalars, in one vectorisable pass
+                    raw = delta[b, d, start + i] + bias
+                    time_steps[i] = _softplus(raw, zero) if softplus else raw
+                    softplus_slopes[i] = _sigmoid(raw, one) if softplus else one
+                    if has_z:
+                        gate_sigmoids[i] = _sigmoid(z[b, d, start + i], one)
+                for n in range(n_state):
+                    states[0, n] = checkpoints[b, d, chunk, n]
+                for i in range(steps):  # recompute the chunk's states
+                    t = start + i
+                    dt = time_steps[i]
+                    dt_x = dt * u[b, d, t]
+                    for n in range(n_state):
+                        decay = exp_vectorisable(dt * A[d, n])
+                        decays[i, n] = decay
+                        states[i + 1, n] = decay * states[i, n] + dt_x * B[b, t, n]
+                for i in range(steps - 1, -1, -1):  # and walk it back
+                    t = start + i
+                    x = u[b, d, t]
+                    dt = time_steps[i]
+                    grad_y = grad_out[b, d, t]
+                    if has_z:
+                        y = skip * x
+                        for n in range(n_state):
+                            y += states[i + 1, n] * C[b, t, n]
+                        gate = z[b, d, t]
+                        sigmoid = gate_sigmoids[i]
+                        grad_z[b, d, t] = grad_y * y * sigmoid * (one + gate * (one - sigmoid))
+                        grad_y *= gate * sigmoid
+                    grad_D += grad_y * x
+                    grad_dt = zero
+                    grad_x = zero
+                    for n in range(n_state):
+                        g_h = grad_state[n] + grad_y * C[b, t, n]  # dLoss/dh_t
+                        grad_C_parts[b, g, t, n] += grad_y * states[i + 1, n]
+                        grad_B_parts[b, g, t, n] += g_h * dt * x
+                        decayed_previous = decays[i, n] * states[i, n]
+                        grad_dt += g_h * (A[d, n] * decayed_previous + B[b, t, n] * x)
+                        grad_A[n] += g_h * dt * decayed_previous
+                        grad_x += g_h * B[b, t, n]
+                        grad_state[n] = g_h * decays[i, n]  # dLoss/dh_{t-1} through h_t
+                    grad_u[b, d, t] = grad_y * skip + grad_x * dt
+                    grad_dt *= softplus_slopes[i]
+                    grad_delta[b, d, t] = grad_dt
+                    grad_bias += grad_dt
+            for n in range(n_state):
+                grad_A_parts[b, d, n] = grad_A[n]
+            grad_D_parts[b, d] = grad_D
+            grad_bias_parts[b, d] = grad_bias
+
+
+def set_threads(count: int) -> None:
+    """Use ``count`` numba threads (capped by numba's pool size)."""
+    numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))

@@ -1,0 +1,227 @@
+"""Fused Mamba-1 selective scan for CUDA tensors in Triton (forward and backward); no nvcc needed.
+
+The same algorithm as ``selective_scan_numba``: the exact per-step recurrence with an fp32 state, one program
+per (batch, block of ``BLOCK_D`` channels) holding a (BLOCK_D, N) state tile in registers, the state saved
+before every chunk of steps, and a backward that recomputes one chunk at a time (into a per-program scratch
+buffer in global memory) and walks it back. dB / dC are summed over the block's channels and written per block,
+then reduced in torch (no atomics: deterministic). Sequences are laid out (batch, L, d_inner) so each step loads
+BLOCK_D consecutive channels.
+
+Known limit: the grid has batch * d_inner / BLOCK_D programs, too few to fill a large GPU at batch 1.
+On CPU the kernels run under ``TRITON_INTERPRET=1`` (how the tests check them).
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # transformers' remote-code import check skips try blocks: triton stays optional
+    import triton
+    import triton.language as tl
+except ImportError as error:
+    raise ImportError("the Triton selective scan needs triton (it ships with CUDA builds of torch)") from error
+
+BLOCK_D = 32
+MAX_CHUNK = 64  # the largest checkpoint interval the scratch buffer is sized for
+
+
+@triton.jit
+def _softplus(x):
+    e = tl.exp(-tl.abs(x))
+    w = 1.0 + e
+    # log1p(e): w rounds e away for small e (dt ~ 1e-3 lost 1e-4 of its value); x / (w - 1) restores it.
+    return tl.maximum(x, 0.0) + tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _scan_forward_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, checkpoints_ptr,
+    length, d_inner, n_state, chunks, every,
+    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # u, delta, z, out: (batch, L, d_inner); A: (d_inner, N); B, C: (batch, L, N); D, bias: (d_inner,);
+    # checkpoints: (batch, d_inner, chunks, N)
+    b = tl.program_id(0)
+    d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    n = tl.arange(0, BLOCK_N)
+    d_ok = d < d_inner
+    n_ok = n < n_state
+    tile_ok = d_ok[:, None] & n_ok[None, :]
+    A = tl.load(A_ptr + d[:, None] * n_state + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK], tl.float32)
+    skip = tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_D else tl.zeros([BLOCK], tl.float32)
+    state = tl.zeros([BLOCK, BLOCK_N], tl.float32)
+    for chunk in range(0, chunks):
+        ckpt = checkpoints_ptr + ((b * d_inner + d[:, None]) * chunks + chunk) * n_state + n[None, :]
+        tl.store(ckpt, state, mask=tile_ok)
+        for i in range(0, every):
+            t = chunk * every + i
+            row_ok = d_ok & (d * 0 + t < length)  # (a vector: the interpreter wants tensor masks)
+            row = (b * length + t) * d_inner + d
+            x = tl.load(u_ptr + row, mask=row_ok, other=0.0).to(tl.float32)
+            dt = tl.load(delta_ptr + row, mask=row_ok, other=0.0).to(tl.float32) + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(row_ok, dt, 0.0)  # steps past the end leave the state unchanged
+            step_ok = n_ok & (n * 0 + t < length)
+            B_t = tl.load(B_ptr + (b * length + t) * n_state + n, mask=step_ok, other=0.0).to(tl.float32)
+            C_t = tl.load(C_ptr + (b * length + t) * n_state + n, mask=step_ok, other=0.0).to(tl.float32)
+            state = tl.exp(dt[:, None] * A) * state + (dt * x)[:, None] * B_t[None, :]
+            y = tl.sum(state * C_t[None, :], axis=1) + skip * x
+            if HAS_Z:
+                gate = tl.load(z_ptr + row, mask=row_ok, other=0.0).to(tl.float32)
+                y = y * gate * _sigmoid(gate)
+            tl.store(out_ptr + row, y, mask=row_ok)
+
+
+@triton.jit
+def _scan_backward_kernel(
+    grad_out_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, checkpoints_ptr, scratch_ptr,
+    grad_u_ptr, grad_delta_ptr, grad_z_ptr, grad_A_ptr, grad_D_ptr, grad_bias_ptr, grad_B_ptr, grad_C_ptr,
+    length, d_inner, n_state, chunks, every,
+    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):
+    # as forward, plus grad_out, grad_u, grad_delta, grad_z: (batch, L, d_inner); grad_A: (batch, d_inner, N);
+    # grad_D, grad_bias: (batch, d_inner); grad_B, grad_C: (batch, blocks, L, N);
+    # scratch: (batch * blocks, CHUNK + 1, BLOCK, BLOCK_N)
+    b = tl.program_id(0)
+    block = tl.program_id(1)
+    blocks = tl.num_programs(1)
+    d = block * BLOCK + tl.arange(0, BLOCK)
+    n = tl.arange(0, BLOCK_N)
+    d_ok = d < d_inner
+    n_ok = n < n_state
+    tile_ok = d_ok[:, None] & n_ok[None, :]
+    A = tl.load(A_ptr + d[:, None] * n_state + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK], tl.float32)
+    skip = tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_D else tl.zeros([BLOCK], tl.float32)
+    scratch = scratch_ptr + (b * blocks + block) * (CHUNK + 1) * BLOCK * BLOCK_N
+    tile = tl.arange(0, BLOCK)[:, None] * BLOCK_N + n[None, :]
+    grad_state = tl.zeros([BLOCK, BLOCK_N], tl.float32)
+    grad_A = tl.zeros([BLOCK, BLOCK_N], tl.float32)
+    grad_D = tl.zeros([BLOCK], tl.float32)
+    grad_bias = tl.zeros([BLOCK], tl.float32)
+    for reversed_chunk in range(0, chunks):
+        chunk = chunks - 1 - reversed_chunk
+        ckpt = checkpoints_ptr + ((b * d_inner + d[:, None]) * chunks + chunk) * n_state + n[None, :]
+        state = tl.load(ckpt, mask=tile_ok, other=0.0)
+        tl.store(scratch + tile, state)
+        for i in range(0, every):  # recompute the chunk's states into scratch[1..every]
+            t = chunk * every + i
+            row_ok = d_ok & (d * 0 + t < length)  # (a vector: the interpreter wants tensor masks)
+            row = (b * length + t) * d_inner + d
+            x = tl.load(u_ptr + row, mask=row_ok, other=0.0).to(tl.float32)
+            dt = tl.load(delta_ptr + row, mask=row_ok, other=0.0).to(tl.float32) + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(row_ok, dt, 0.0)
+            step_ok = n_ok & (n * 0 + t < length)
+            B_t = tl.load(B_ptr + (b * length + t) * n_state + n, mask=step_ok, other=0.0).to(tl.float32)
+            state = tl.exp(dt[:, None] * A) * state + (dt * x)[:, None] * B_t[None, :]
+            tl.store(scratch + (i + 1) * BLOCK * BLOCK_N + tile, state)
+        tl.debug_barrier()
+        for reversed_i in range(0, every):  # walk the chunk back
+            i = every - 1 - reversed_i
+            t = chunk * every + i
+            row_ok = d_ok & (d * 0 + t < length)  # (a vector: the interpreter wants tensor masks)
+            row = (b * length + t) * d_inner + d
+            x = tl.load(u_ptr + row, mask=row_ok, other=0.0).to(tl.float32)
+            raw = tl.load(delta_ptr + row, mask=row_ok, other=0.0).to(tl.float32) + bias
+            dt = _softplus(raw) if SOFTPLUS else raw
+            dt = tl.where(row_ok, dt, 0.0)
+            step_ok = n_ok & (n * 0 + t < length)
+            B_t = tl.load(B_ptr + (b * length + t) * n_state + n, mask=step_ok, other=0.0).to(tl.float32)
+            C_t = tl.load(C_ptr + (b * length + t) * n_state + n, mask=step_ok, other=0.0).to(tl.float32)
+            state = tl.load(scratch + (i + 1) * BLOCK * BLOCK_N + tile)
+            previous = tl.load(scratch + i * BLOCK * BLOCK_N + tile)
+            decay = tl.exp(dt[:, None] * A)
+            grad_y = tl.load(grad_out_ptr + row, mask=row_ok, other=0.0).to(tl.float32)
+            if HAS_Z:
+                y = tl.sum(state * C_t[None, :], axis=1) + skip * x
+                gate = tl.load(z_ptr + row, mask=row_ok, other=0.0).to(tl.float32)
+                sigmoid = _sigmoid(gate)
+                tl.store(grad_z_ptr + row, grad_y * y * sigmoid * (1.0 + gate * (1.0 - sigmoid)), mask=row_ok)
+                grad_y = grad_y * gate * sigmoid
+            grad_h = grad_state + grad_y[:, None] * C_t[None, :]  # dLoss/dh_t
+            step = (b * blocks + block) * length + t
+            tl.store(grad_C_ptr + step * n_state + n, tl.sum(grad_y[:, None] * state, axis=0), mask=step_ok)
+            tl.store(grad_B_ptr + step * n_state + n, tl.sum(grad_h * (dt * x)[:, None], axis=0), mask=step_ok)
+            decayed_previous = decay * previous
+            grad_dt = tl.sum(grad_h * (A * decayed_previous + B_t[None, :] * x[:, None]), axis=1)
+            grad_A += grad_h * dt[:, None] * decayed_previous
+            grad_x = tl.sum(grad_h * B_t[None, :], axis=1)
+            grad_state = grad_h * decay  # dLoss/dh_{t-1} through h_t
+            tl.store(grad_u_ptr + row, grad_y * skip + grad_x * dt, mask=row_ok)
+            if SOFTPLUS:
+                grad_dt = grad_dt * _sigmoid(raw)
+            grad_dt = tl.where(row_ok, grad_dt, 0.0)
+            tl.store(grad_delta_ptr + row, grad_dt, mask=row_ok)
+            grad_D += grad_y * x
+            grad_bias += grad_dt
+        tl.debug_barrier()
+    tl.store(grad_A_ptr + (b * d_inner + d[:, None]) * n_state + n[None, :], grad_A, mask=tile_ok)
+    tl.store(grad_D_ptr + b * d_inner + d, grad_D, mask=d_ok)
+    tl.store(grad_bias_ptr + b * d_inner + d, grad_bias, mask=d_ok)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    # (batch, d_inner, L) -> contiguous (batch, L, d_inner)
+    return x.transpose(1, 2).contiguous()
+
+
+def _optional(x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(0) if x is None else x.contiguous()
+
+
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, checkpoints):
+    """u, delta, z (batch, d_inner, L); A (d_inner, N); B, C (batch, L, N) contiguous; D, delta_bias (d_inner,)
+    or None; checkpoints (batch, d_inner, chunks, N) float32, written. Returns out (batch, d_inner, L) float32."""
+    batch, d_inner, length = u.shape
+    n_state = A.shape[1]
+    chunks = checkpoints.shape[2]
+    every = -(-length // chunks)
+    assert every <= MAX_CHUNK
+    out = torch.empty(batch, length, d_inner, device=u.device, dtype=torch.float32)
+    grid = (batch, triton.cdiv(d_inner, BLOCK_D))
+    _scan_forward_kernel[grid](
+        _rows(u), _rows(delta), A.contiguous(), B, C, _optional(D, u), _rows(z) if z is not None else u.new_empty(0),
+        _optional(delta_bias, u), out, checkpoints, length, d_inner, n_state, chunks, every,
+        SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        BLOCK=BLOCK_D, BLOCK_N=triton.next_power_of_2(n_state),
+    )
+    return out.transpose(1, 2)
+
+
+def scan_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus):
+    """Gradients of ``scan_forward``: grad_u, grad_delta (raw delta), grad_z (batch, d_inner, L);
+    grad_A_parts (batch, d_inner, N); grad_D_parts, grad_bias_parts (batch, d_inner);
+    grad_B_parts, grad_C_parts (batch, blocks, L, N), all float32."""
+    batch, d_inner, length = u.shape
+    n_state = A.shape[1]
+    chunks = checkpoints.shape[2]
+    every = -(-length // chunks)
+    blocks = triton.cdiv(d_inner, BLOCK_D)
+    block_n = triton.next_power_of_2(n_state)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    grad_u, grad_delta, grad_z = (torch.empty(batch, length, d_inner, **f32) for _ in range(3))
+    grad_A = torch.empty(batch, d_inner, n_state, **f32)
+    grad_D, grad_bias = torch.empty(batch, d_inner, **f32), torch.empty(batch, d_inner, **f32)
+    grad_B, grad_C = torch.zeros(batch, blocks, length, n_state, **f32), torch.zeros(batch, blocks, length, n_state, **f32)
+    scratch = torch.empty(batch * blocks, MAX_CHUNK + 1, BLOCK_D, block_n, **f32)
+    _scan_backward_kernel[(batch, blocks)](
+        _rows(grad_out), _rows(u), _rows(delta), A.contiguous(), B, C, _optional(D, u),
+        _rows(z) if z is not None else u.new_empty(0), _optional(delta_bias, u), checkpoints, scratch,
+        grad_u, grad_delta, grad_z, grad_A, grad_D, grad_bias, grad_B, grad_C,
+        length, d_inner, n_state, chunks, every,
+        SOFTPLUS=softplus, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        BLOCK=BLOCK_D, BLOCK_N=block_n, CHUNK=MAX_CHUNK,
+    )
+    return (grad_u.transpose(1, 2), grad_delta.transpose(1, 2), grad_z.transpose(1, 2), grad_A, grad_D, grad_bias,
+            grad_B, grad_C)
