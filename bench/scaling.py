@@ -2,6 +2,7 @@
 
     python bench/scaling.py                         # frames 8..64 at 224 px, resolutions 96..384 at 8 frames
     python bench/scaling.py --frames 8 16 --resolutions 112 224 --modes fwd
+    python bench/scaling.py --modes train           # training steps only: width 96, depth 4, batch 8
 
 Both models: width 192, depth 24, patch 16, batch 1; VideoMAE with tubelet 1 so both see the same T x 196 tokens
 (its default tubelet 2 would halve its tokens). StretchySnake keeps patch 16 here (static patches), so lower
@@ -14,6 +15,9 @@ fwd+bwd runs use activation checkpointing on every block for both models (withou
 attention, whose matmuls the counter sees, unlike the CPU SDPA kernel); the
 selective scan's elementwise work is not a matmul, so it is added analytically as 9 * B * L * d_inner * N per
 scan (mamba-ssm's own estimate), two scans per block.
+"train" rows time one whole training step (forward, cross-entropy on a classification head, backward, AdamW step)
+of a small model (--train_width, --train_depth; default 96 x 4) at batch --train_batch (8), 8 frames at 112 and 224
+px, without activation checkpointing; memory as above.
 """
 
 from __future__ import annotations
@@ -28,23 +32,30 @@ import time
 MODELS = ("stretchysnake", "videomae")
 
 
-def build(name: str, attention: str = "sdpa"):
+TRAIN_LABELS = 5
+
+
+def build(name: str, attention: str = "sdpa", width: int = 192, depth: int = 24, classifier: bool = False):
+    """The backbone (or, with classifier, the video classifier) at the given width and depth."""
     if name == "stretchysnake":
-        from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeModel
+        from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeForVideoClassification, StretchySnakeModel
 
-        config = StretchySnakeConfig.from_preset("tiny", scale_mode="static_patches", drop_path_rate=0.0, num_frames=8)
-        return StretchySnakeModel(config)
-    from transformers import VideoMAEConfig, VideoMAEModel
+        config = StretchySnakeConfig(hidden_size=width, num_hidden_layers=depth, scale_mode="static_patches",
+                                     drop_path_rate=0.0, num_frames=8, num_labels=TRAIN_LABELS)
+        return (StretchySnakeForVideoClassification if classifier else StretchySnakeModel)(config)
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEModel
 
-    config = VideoMAEConfig(hidden_size=192, num_hidden_layers=24, num_attention_heads=3, intermediate_size=768,
-                            image_size=224, patch_size=16, num_frames=8, tubelet_size=1, attn_implementation=attention)
-    return VideoMAEModel(config)
+    config = VideoMAEConfig(hidden_size=width, num_hidden_layers=depth, num_attention_heads=3,
+                            intermediate_size=4 * width, image_size=224, patch_size=16, num_frames=8, tubelet_size=1,
+                            attn_implementation=attention, num_labels=TRAIN_LABELS)
+    return (VideoMAEForVideoClassification if classifier else VideoMAEModel)(config)
 
 
 def videomae_positions(model, frames: int, resolution: int):
     """VideoMAE's fixed sinusoidal table sized for this input (it has no interpolation of its own)."""
     from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
 
+    model = getattr(model, "videomae", model)
     tokens = frames * (resolution // 16) ** 2
     model.embeddings.position_embeddings = get_sinusoid_encoding_table(tokens, model.config.hidden_size)
     model.embeddings.patch_embeddings.image_size = (resolution, resolution)
@@ -84,7 +95,8 @@ def count_gflops(name: str, frames: int, resolution: int) -> float:
     return flops / 1e9
 
 
-def measure(name: str, frames: int, resolution: int, mode: str, repeats: int, repeat_seconds: float) -> dict:
+def measure(name: str, frames: int, resolution: int, mode: str, repeats: int, repeat_seconds: float,
+            train_shape=(96, 4, 8)) -> dict:
     """Runs inside the child process."""
     import resource
     import statistics
@@ -95,20 +107,27 @@ def measure(name: str, frames: int, resolution: int, mode: str, repeats: int, re
         return {"model": name, "frames": frames, "resolution": resolution, "mode": "fwd",
                 "gflops": count_gflops(name, frames, resolution)}
     torch.manual_seed(0)
-    model = build(name)
+    width, depth, batch = train_shape if mode == "train" else (192, 24, 1)
+    model = build(name, width=width, depth=depth, classifier=mode == "train")
     if mode == "fwd+bwd":
         model.train()
         model.gradient_checkpointing_enable()
     else:
-        model.eval()
+        model.train(mode == "train")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3) if mode == "train" else None
+    labels = torch.arange(batch) % TRAIN_LABELS
 
     def run(t: int):
         if name == "videomae":
             videomae_positions(model, t, resolution)
-        pixel_values = torch.randn(1, t, 3, resolution, resolution)
+        pixel_values = torch.randn(batch, t, 3, resolution, resolution)
         if mode == "fwd":
             with torch.inference_mode():
                 model(pixel_values)
+        elif mode == "train":
+            model(pixel_values, labels=labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         else:
             model(pixel_values).last_hidden_state.float().square().mean().backward()
             model.zero_grad(set_to_none=True)
@@ -125,19 +144,21 @@ def measure(name: str, frames: int, resolution: int, mode: str, repeats: int, re
         run(frames)
         repeated.append(time.perf_counter() - start)
     gflops = count_gflops(name, frames, resolution) if mode == "fwd" else None
-    return {"model": name, "frames": frames, "resolution": resolution, "mode": mode,
+    return {"model": name, "frames": frames, "resolution": resolution, "mode": mode, "batch": batch,
             "seconds": statistics.median(repeated or times), "passes_timed": len(repeated) or 1,
             "first_pass_seconds": times[0], "peak_mib": peak_mib, "gflops": gflops}
 
 
 def child(argv) -> None:
-    name, frames, resolution, mode, repeats, repeat_seconds = argv
-    row = measure(name, int(frames), int(resolution), mode, int(repeats), float(repeat_seconds))
+    name, frames, resolution, mode, repeats, repeat_seconds, *train_shape = argv
+    row = measure(name, int(frames), int(resolution), mode, int(repeats), float(repeat_seconds),
+                  tuple(map(int, train_shape)))
     print("RESULT " + json.dumps(row), flush=True)
 
 
-def run_child(name, frames, resolution, mode, timeout, repeats, repeat_seconds) -> dict:
-    command = [sys.executable, __file__, "--child", name, *map(str, (frames, resolution, mode, repeats, repeat_seconds))]
+def run_child(name, frames, resolution, mode, timeout, repeats, repeat_seconds, train_shape=(96, 4, 8)) -> dict:
+    command = [sys.executable, __file__, "--child", name,
+               *map(str, (frames, resolution, mode, repeats, repeat_seconds, *train_shape))]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -151,7 +172,7 @@ def run_child(name, frames, resolution, mode, timeout, repeats, repeat_seconds) 
 
 def table(rows, key: str, axis: str, fixed: str) -> str:
     values = sorted({r[axis] for r in rows})
-    modes = sorted({r["mode"] for r in rows if r.get(key) is not None} or {"fwd"}, key=("fwd", "fwd+bwd").index)
+    modes = sorted({r["mode"] for r in rows if r.get(key) is not None} or {"fwd"}, key=("fwd", "fwd+bwd", "train").index)
     lines = [f"{axis:>10} " + " ".join(f"{m + ' ' + mode:>24}" for mode in modes for m in MODELS) + "   ratio (ours / videomae)"]
     for value in values:
         cells, ratios = [], []
@@ -181,7 +202,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[96, 112, 160, 224, 288, 384])
-    parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd", "train"], choices=["fwd", "fwd+bwd", "train"])
+    parser.add_argument("--train_width", type=int, default=96)
+    parser.add_argument("--train_depth", type=int, default=4)
+    parser.add_argument("--train_batch", type=int, default=8)
+    parser.add_argument("--train_resolutions", type=int, nargs="+", default=[112, 224])
     parser.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes after the first full one (median)")
     parser.add_argument("--repeat_seconds", type=float, default=30.0,
@@ -194,10 +219,18 @@ def main(argv=None):
 
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads; batch 1, width 192, "
           f"depth 24, patch 16", flush=True)
-    frame_rows, resolution_rows = [], []
+    frame_rows, resolution_rows, train_rows = [], [], []
+    train_shape = (args.train_width, args.train_depth, args.train_batch)
     if args.gflops_only:
         args.modes = ["flops"]
     for mode in args.modes:
+        if mode == "train":
+            for resolution in args.train_resolutions:
+                for name in MODELS:
+                    train_rows.append(run_child(name, 8, resolution, mode, args.timeout, args.repeats,
+                                                args.repeat_seconds, train_shape))
+                    print("  measured", train_rows[-1], flush=True)
+            continue
         for frames in args.frames:
             for name in MODELS:
                 frame_rows.append(run_child(name, frames, 224, mode, args.timeout, args.repeats, args.repeat_seconds))
@@ -208,12 +241,17 @@ def main(argv=None):
                 print("  measured", resolution_rows[-1], flush=True)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(frame_rows + resolution_rows, handle, indent=2)
+            json.dump(frame_rows + resolution_rows + train_rows, handle, indent=2)
 
     print()
     for key in ("gflops",) if args.gflops_only else ("seconds", "peak_mib", "gflops"):
-        print(table(frame_rows, key, "frames", "224 px") + "\n")
-        print(table(resolution_rows, key, "resolution", "8 frames") + "\n")
+        if frame_rows:
+            print(table(frame_rows, key, "frames", "224 px") + "\n")
+            print(table(resolution_rows, key, "resolution", "8 frames") + "\n")
+    if train_rows:
+        shape = f"training step, 8 frames, width {args.train_width}, depth {args.train_depth}, batch {args.train_batch}"
+        for key in ("seconds", "peak_mib"):
+            print(table(train_rows, key, "resolution", shape) + "\n")
     if not args.gflops_only:
         print("time growth 8 -> 64 frames:", growth(frame_rows, "seconds", "frames", 8, 64))
         print("time 224 px / 112 px at 8 frames:", growth(resolution_rows, "seconds", "resolution", 112, 224))

@@ -8,6 +8,7 @@ from transformers import PretrainedConfig
 
 KERNEL_RESIZE_MODES = ("bicubic", "pi")
 SCALE_MODES = ("static_tokens", "static_patches")
+POOLING_MODES = ("cls", "mean")
 
 # Named sizes from VideoMamba: hidden size x depth.
 STRETCHYSNAKE_PRESETS = {
@@ -48,6 +49,9 @@ class StretchySnakeConfig(PretrainedConfig):
             mamba-ssm, else Triton on CUDA; else chunked), `"numba"`, `"triton"`, `"mamba_ssm"`, `"chunked"` or
             `"reference"`; the environment variable `STRETCHYSNAKE_SCAN_BACKEND` overrides it.
         scan_chunk_size (`int`, defaults to 16): chunk length of the pure-PyTorch chunked scan.
+        pooling (`str`, defaults to `"cls"`): what `pooler_output` (and so the classifier) reads: `"cls"`, the
+            normalised CLS token at the sequence start (VideoMamba), or `"mean"`, the mean of the normalised patch
+            tokens.
     """
 
     model_type = "stretchysnake"
@@ -77,12 +81,15 @@ class StretchySnakeConfig(PretrainedConfig):
         scale_mode: str = "static_tokens",
         scan_backend: str = "auto",
         scan_chunk_size: int = 16,
+        pooling: str = "cls",
         **kwargs,
     ):
         if kernel_resize_mode not in KERNEL_RESIZE_MODES:
             raise ValueError(f"kernel_resize_mode must be one of {KERNEL_RESIZE_MODES}, got {kernel_resize_mode!r}")
         if scale_mode not in SCALE_MODES:
             raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
         if image_size % patch_size != 0:
             raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
         self.hidden_size = hidden_size
@@ -109,6 +116,7 @@ class StretchySnakeConfig(PretrainedConfig):
         self.scale_mode = scale_mode
         self.scan_backend = scan_backend
         self.scan_chunk_size = scan_chunk_size
+        self.pooling = pooling
         super().__init__(**kwargs)
         if self.id2label and not getattr(self, "label2id", None):
             self.label2id = {label: int(index) for index, label in self.id2label.items()}

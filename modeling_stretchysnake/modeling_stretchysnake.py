@@ -28,7 +28,8 @@ class StretchySnakeModelOutput(ModelOutput):
     """
     last_hidden_state (`torch.FloatTensor` of shape `(batch, 1 + frames * h * w, hidden_size)`):
         the normalised token sequence; index 0 is the CLS token.
-    pooler_output (`torch.FloatTensor` of shape `(batch, hidden_size)`): the normalised CLS token.
+    pooler_output (`torch.FloatTensor` of shape `(batch, hidden_size)`): the normalised CLS token, or with
+        `config.pooling="mean"` the mean of the normalised patch tokens.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*): the embeddings and the residual stream after each
         block, returned with `output_hidden_states=True`.
     """
@@ -309,7 +310,7 @@ class StretchySnakeModel(StretchySnakePreTrainedModel):
             if output_hidden_states:
                 all_hidden += (residual,)
         last_hidden = self.norm_f(residual.to(self.norm_f.weight.dtype))
-        pooled = last_hidden[:, 0]
+        pooled = last_hidden[:, 1:].mean(dim=1) if self.config.pooling == "mean" else last_hidden[:, 0]
         if not return_dict:
             return tuple(v for v in (last_hidden, pooled, all_hidden) if v is not None)
         return StretchySnakeModelOutput(last_hidden_state=last_hidden, pooler_output=pooled, hidden_states=all_hidden)

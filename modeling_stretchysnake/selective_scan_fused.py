@@ -64,12 +64,14 @@ def _state_dtype(u: torch.Tensor) -> torch.dtype:
 
 
 def _numpy(x: torch.Tensor):
-    return x.detach().contiguous().numpy()
+    """A view for numba: sequences keep their strides (the kernels take any), other arrays must be contiguous."""
+    return x.detach().numpy()
 
 
 def _numpy_or_empty(x: torch.Tensor | None, like: torch.Tensor, dims: int):
     # numba types every argument, used or not: an absent input is an empty array of the same rank
-    return _numpy(like.new_empty((0,) * dims) if x is None else x.to(like.dtype))
+    return _numpy(like.new_empty((0,) * dims) if x is None else x.to(like.dtype).contiguous() if dims == 1
+                  else x.to(like.dtype))
 
 
 _FORWARD = "stretchysnake::selective_scan_fwd"
@@ -108,7 +110,7 @@ if not _defined(_FORWARD):
             return out.to(u.dtype), checkpoints
         kernels = numba_kernels()
         kernels.set_threads(torch.get_num_threads())
-        cast = [_numpy(x.to(state_dtype)) for x in (u, delta, A, B_rows, C_rows)]
+        cast = [_numpy(x.to(state_dtype)) for x in (u, delta, A.contiguous(), B_rows, C_rows)]
         optional = [_numpy_or_empty(x, checkpoints, dims) for x, dims in ((D, 1), (z, 3), (delta_bias, 1))]
         out = u.new_empty(batch, d_inner, length, dtype=state_dtype)
         kernels.scan_forward(*cast, *optional, delta_softplus, D is not None, z is not None, delta_bias is not None,
@@ -158,7 +160,7 @@ if not _defined(_BACKWARD):
                      new(batch, d_inner, n_state), new(batch, d_inner), new(batch, d_inner),
                      torch.zeros(batch, groups, length, n_state, dtype=dtype),
                      torch.zeros(batch, groups, length, n_state, dtype=dtype))
-            inputs = [_numpy(x.to(dtype)) for x in (grad_out, u, delta, A, B_rows, C_rows)]
+            inputs = [_numpy(x.to(dtype)) for x in (grad_out, u, delta, A.contiguous(), B_rows, C_rows)]
             optional = [_numpy_or_empty(x, checkpoints, dims) for x, dims in ((D, 1), (z, 3), (delta_bias, 1))]
             kernels.scan_backward(*inputs, *optional, checkpoints.numpy(), delta_softplus, D is not None,
                                   z is not None, delta_bias is not None, *(g.numpy() for g in grads))
@@ -199,7 +201,7 @@ if not _defined(_BACKWARD):
     def _backward(ctx, grad_out, _grad_checkpoints):
         u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
         grads = torch.ops.stretchysnake.selective_scan_bwd(
-            grad_out.contiguous(), u, delta, A, B, C, D, z, delta_bias, checkpoints, ctx.delta_softplus
+            grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, ctx.delta_softplus
         )
         grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias = grads
         has_D, has_z, has_bias = ctx.optional

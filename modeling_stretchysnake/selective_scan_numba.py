@@ -14,7 +14,8 @@ recomputes one such chunk at a time into a (chunk + 1, N) buffer and walks it ba
 O(L * d_inner) rather than O(L * d_inner * N). Gradients of B and C are summed over channels per group of channels into
 (batch, groups, L, N) buffers and reduced afterwards in torch: no atomics, deterministic for any thread count.
 
-The kernels are compiled on first use (``cache=True``: once per machine, then loaded from numba's cache).
+The kernels are compiled when this module is first imported, for float32 and float64 (``cache=True``: once per
+machine, then loaded from numba's cache).
 """
 
 from __future__ import annotations
@@ -126,16 +127,35 @@ def _softplus(x, zero):
 
 @njit(inline="always", cache=True, fastmath=_FAST)
 def _time_steps(delta_row, bias, softplus, zero, out):
-    """out[i] = softplus(delta_row[i] + bias) (or without softplus): one vectorisable pass."""
+    """out[i] = softplus(delta_row[i] + bias) (or without softplus). The strided row is gathered first, so the
+    softplus pass runs over a contiguous buffer and vectorises."""
     for i in range(out.shape[0]):
-        raw = delta_row[i] + bias
+        out[i] = delta_row[i]
+    for i in range(out.shape[0]):
+        raw = out[i] + bias
         out[i] = _softplus(raw, zero) if softplus else raw
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
+def _signatures(kind):
+    """Explicit signatures, float32 and float64: one compiled kernel per dtype whatever the inputs' strides. The
+    per-channel sequences (u, delta, z, grad_out) may be any strided view ("A" layout: the mixer hands over
+    transposes and chunks, which would otherwise be copied on every call); the arrays the loop over N vectorises
+    over (A, B, C, the state) are C-contiguous."""
+    signatures = []
+    for t in (types.float32, types.float64):
+        seq, c1, c2, c3, c4, flag = t[:, :, :], t[::1], t[:, ::1], t[:, :, ::1], t[:, :, :, ::1], types.boolean
+        if kind == "forward":
+            signatures.append(types.void(seq, seq, c2, c3, c3, c1, seq, c1, flag, flag, flag, flag, c3, c4))
+        else:
+            signatures.append(types.void(seq, seq, seq, c2, c3, c3, c1, seq, c1, c4, flag, flag, flag, flag,
+                                         c3, c3, c3, c3, c2, c2, c4, c4))
+    return signatures
+
+
+@njit(_signatures("forward"), parallel=True, cache=True, fastmath=_FAST)
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias, out, checkpoints):
-    """u, delta, z: (batch, d_inner, L); A: (d_inner, N); B, C: (batch, L, N); D, delta_bias: (d_inner,) or
-    empty. Writes out (batch, d_inner, L) and checkpoints (batch, d_inner, chunks, N): the state before each
+    """u, delta, z: (batch, d_inner, L), any strides; A: (d_inner, N); B, C: (batch, L, N); D, delta_bias:
+    (d_inner,) or empty. Writes out (batch, d_inner, L) and checkpoints (batch, d_inner, chunks, N): the state before each
     chunk of checkpoint_every = ceil(L / chunks) steps."""
     batch, d_inner, length = u.shape
     n_state = A.shape[1]
@@ -162,12 +182,14 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, ha
                 y += state[n] * C[b, t, n]
             out[b, d, t] = y + skip * x
         if has_z:
+            gates = time_steps  # reused: gather the strided gate row, then one vectorisable pass
             for t in range(length):
-                gate = z[b, d, t]
-                out[b, d, t] *= gate * _sigmoid(gate, one)
+                gates[t] = z[b, d, t]
+            for t in range(length):
+                out[b, d, t] *= gates[t] * _sigmoid(gates[t], one)
 
 
-@njit(parallel=True, cache=True, fastmath=_FAST)
+@njit(_signatures("backward"), parallel=True, cache=True, fastmath=_FAST)
 def scan_backward(
     grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z, has_bias,
     grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts,
@@ -204,12 +226,17 @@ def scan_backward(
             for chunk in range(checkpoints.shape[2] - 1, -1, -1):
                 start = chunk * checkpoint_every
                 steps = min(checkpoint_every, length - start)
-                for i in range(steps):  # the chunk's per-step scalars, in one vectorisable pass
-                    raw = delta[b, d, start + i] + bias
+                for i in range(steps):  # gather the chunk's strided rows ...
+                    softplus_slopes[i] = delta[b, d, start + i] + bias
+                    if has_z:
+                        gate_sigmoids[i] = z[b, d, start + i]
+                for i in range(steps):  # ... then the per-step scalars in vectorisable passes
+                    raw = softplus_slopes[i]
                     time_steps[i] = _softplus(raw, zero) if softplus else raw
                     softplus_slopes[i] = _sigmoid(raw, one) if softplus else one
-                    if has_z:
-                        gate_sigmoids[i] = _sigmoid(z[b, d, start + i], one)
+                if has_z:
+                    for i in range(steps):
+                        gate_sigmoids[i] = _sigmoid(gate_sigmoids[i], one)
                 for n in range(n_state):
                     states[0, n] = checkpoints[b, d, chunk, n]
                 for i in range(steps):  # recompute the chunk's states

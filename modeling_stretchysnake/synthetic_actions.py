@@ -34,12 +34,18 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 12, codec: str 
     return path
 
 
-def render_action(action: str, num_frames: int = 24, size: int = 96, rng: np.random.Generator | None = None) -> np.ndarray:
-    """One clip (T, size, size, 3) uint8 of `action`."""
+def render_action(action: str, num_frames: int = 24, size: int = 96, rng: np.random.Generator | None = None,
+                  noise: int = 20, side_range: tuple[float, float] = (1 / 6, 1 / 3),
+                  min_travel: float = 1 / 3) -> np.ndarray:
+    """One clip (T, size, size, 3) uint8 of `action`.
+
+    noise: amplitude of the per-frame uniform background noise; side_range: the square's side as fractions of
+    `size` (low inclusive, high exclusive); min_travel: the shortest path of a moving square, as a fraction of size.
+    """
     rng = rng or np.random.default_rng()
     dy, dx = _DIRECTIONS[action]
-    side = int(rng.integers(size // 6, size // 3))
-    travel = int(rng.integers(size // 3, size - side)) if (dy or dx) else 0
+    side = int(rng.integers(round(size * side_range[0]), round(size * side_range[1])))
+    travel = int(rng.integers(min(round(size * min_travel), size - side - 1), size - side)) if (dy or dx) else 0
     # Pick the start so the whole path stays inside the frame.
     y0 = int(rng.integers(travel if dy < 0 else 0, size - side - (travel if dy > 0 else 0) + 1))
     x0 = int(rng.integers(travel if dx < 0 else 0, size - side - (travel if dx > 0 else 0) + 1))
@@ -48,8 +54,8 @@ def render_action(action: str, num_frames: int = 24, size: int = 96, rng: np.ran
     clip = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t in range(num_frames):
         progress = t / max(num_frames - 1, 1)
-        noise = rng.integers(-20, 21, size=(size, size, 1))
-        frame = np.clip(background + noise, 0, 255)
+        noise_frame = rng.integers(-noise, noise + 1, size=(size, size, 1))
+        frame = np.clip(background + noise_frame, 0, 255)
         y, x = round(y0 + dy * travel * progress), round(x0 + dx * travel * progress)
         frame[y : y + side, x : x + side] = colour
         clip[t] = frame
@@ -57,10 +63,11 @@ def render_action(action: str, num_frames: int = 24, size: int = 96, rng: np.ran
 
 
 def generate_action_dataset(root: str | Path, videos_per_class: dict[str, int] | int = 12, num_frames: int = 24,
-                            size: int = 96, seed: int = 0):
+                            size: int = 96, seed: int = 0, **render_options):
     """Render the dataset under `root` and return its manifest as a `datasets.DatasetDict` (saved to root/manifest).
 
     videos_per_class: an int (train split only) or {split: count}, e.g. {"train": 24, "test": 8}.
+    render_options: `noise`, `side_range`, `min_travel` of `render_action`.
     """
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
@@ -75,7 +82,8 @@ def generate_action_dataset(root: str | Path, videos_per_class: dict[str, int] |
         rows = []
         for label, action in enumerate(ACTIONS):
             for i in range(count):
-                path = write_video(root / split / action / f"{action}_{i:04d}.mp4", render_action(action, num_frames, size, rng))
+                clip = render_action(action, num_frames, size, rng, **render_options)
+                path = write_video(root / split / action / f"{action}_{i:04d}.mp4", clip)
                 rows.append({"video": str(path), "label": label, "label_name": action, "start": None, "end": None,
                              "time_unit": "frames"})
         splits[split] = Dataset.from_list(rows, features=features)

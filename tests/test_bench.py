@@ -32,10 +32,22 @@ def test_scaling_benchmark_prints_its_tables(tmp_path):
 
 def test_scan_benchmark_prints_speedups_and_agreement(tmp_path):
     result = run_script([sys.executable, str(ROOT / "bench" / "scan.py"), "--length", "70", "--d-inner", "8",
-                         "--repeats", "1", "--batches", "1", "2"], tmp_path)
+                         "--repeats", "1", "--batches", "1", "2", "--reference-backward-batches", "1", "2"], tmp_path)
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("cpu ")]
     expected = [(batch, decay, pass_name, backend) for batch in ("1", "2") for decay in ("small", "large")
                 for pass_name in ("fwd", "fwd+bwd") for backend in ("reference", "chunked", "numba")]
     assert [tuple(row[1:5]) for row in rows] == expected
     assert all(float(row[-1]) < 1e-5 for row in rows)  # max relative deviation from the reference
     assert "numba first call" in result.stdout
+
+
+def test_learning_benchmark_compares_runs_on_the_same_clips(tmp_path):
+    result = run_script([sys.executable, str(ROOT / "bench" / "learning.py"), "--runs", "ours", "videomae",
+                         "ours_mean_pooling", "ours_task_quiet", "--steps", "2", "--train_per_class", "2",
+                         "--eval_per_class", "1", "--frames", "2", "--resolution", "14", "--data_root",
+                         str(tmp_path / "data"), "--output", str(tmp_path / "learning.json")], tmp_path)
+    rows = json.loads((tmp_path / "learning.json").read_text())
+    assert set(rows) == {"ours", "videomae", "ours_mean_pooling", "ours_task_quiet"}
+    assert all(0 <= row["top1"] <= 100 and row["final_loss"] > 0 for row in rows.values())
+    assert {path.name for path in (tmp_path / "data").iterdir()} == {"default", "quiet"}  # one render per task
+    assert "ours_mean_pooling" in result.stdout.splitlines()[-2]

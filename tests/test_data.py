@@ -95,6 +95,17 @@ def test_rendered_actions_need_motion():
     assert (still[0] == still[-1]).all()
 
 
+def test_render_options_set_noise_square_size_and_travel():
+    rng = np.random.default_rng(0)
+    quiet = render_action("move_down", num_frames=5, size=48, rng=rng, noise=0, side_range=(0.25, 0.27), min_travel=0.5)
+    bright = quiet.max(-1) > 125
+    rows = [np.nonzero(bright[t])[0] for t in range(5)]
+    assert all(r.max() - r.min() + 1 == 12 for r in rows)  # side = 0.25 * 48
+    assert rows[-1].min() - rows[0].min() >= 24  # travelled at least half the frame
+    background = quiet[0][~bright[0]]
+    assert (background == background[0]).all()  # no noise: one background colour
+
+
 def test_generated_manifest(manifest):
     train = manifest["train"]
     assert len(train) == 2 * len(ACTIONS) and len(manifest["test"]) == len(ACTIONS)

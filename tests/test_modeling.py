@@ -258,3 +258,16 @@ def test_config_validates_choices():
 def test_pi_kernel_mode_runs(model):
     model.config.kernel_resize_mode = "pi"
     assert torch.isfinite(model(torch.randn(1, 2, 3, 64, 64)).logits).all()
+
+
+def test_mean_pooling_reads_the_mean_of_the_patch_tokens():
+    torch.manual_seed(0)
+    model = StretchySnakeModel(small_config(pooling="mean")).eval()
+    outputs = model(torch.randn(2, 3, 3, 16, 16))
+    torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state[:, 1:].mean(dim=1))
+    cls_model = StretchySnakeModel(small_config()).eval()
+    cls_model.load_state_dict(model.state_dict())  # same weights: only what is pooled differs
+    cls_outputs = cls_model(torch.randn(2, 3, 3, 16, 16))
+    torch.testing.assert_close(cls_outputs.pooler_output, cls_outputs.last_hidden_state[:, 0])
+    with pytest.raises(ValueError, match="pooling"):
+        small_config(pooling="max")

@@ -1,0 +1,186 @@
+"""How fast does a small from-scratch model learn the generated motion task? StretchySnake vs VideoMAE, and what matters.
+
+    python bench/learning.py                                  # every run below, 300 steps each
+    python bench/learning.py --runs ours videomae --steps 150
+
+All runs see the same decoded clips (rendered once, decoded once at --frames x --resolution, squash resize), the
+same batches in the same order, batch --batch, AdamW (weight decay 0.05, none on 1-D parameters and embeddings),
+linear warmup then cosine decay, label smoothing 0.1, one seed. Both models have width 96 and depth 4 and see the
+same tokens: StretchySnake with static tokens (patch = resolution / 7, a 7 x 7 grid), VideoMAE with tubelet 1 and
+the same patch. A run changes one thing against `ours` (or against `videomae`); `task_*` runs re-render the data
+with other task settings. Prints, per run, test top-1 at the end, the training loss over the last 20 steps, and the
+CPU time of training; the table is written to --output as JSON too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+WIDTH, DEPTH, GRID = 96, 4, 7
+TASKS = {  # render options of synthetic_actions.render_action
+    "default": {},
+    "quiet": {"noise": 4},
+    "big_moves": {"side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},
+}
+# name -> changes against the baseline of its model
+RUNS = {
+    "ours": {},
+    "videomae": {"model": "videomae"},
+    "ours_lr_3e-3": {"lr": 3e-3},
+    "ours_lr_3e-4": {"lr": 3e-4},
+    "videomae_lr_3e-3": {"model": "videomae", "lr": 3e-3},
+    "ours_no_warmup": {"warmup": 0},
+    "ours_mean_pooling": {"pooling": "mean"},
+    "ours_videomamba_dt_init": {"dt_init": "videomamba"},
+    "ours_temporal_pos_random": {"temporal_init": "trunc_normal"},
+    "ours_drop_path_0.1": {"drop_path": 0.1},
+    "ours_task_quiet": {"task": "quiet"},
+    "ours_task_big_moves": {"task": "big_moves"},
+    "videomae_task_big_moves": {"model": "videomae", "task": "big_moves"},
+}
+BASELINE = {"model": "stretchysnake", "lr": 1e-3, "warmup": 20, "pooling": "cls", "dt_init": "mamba",
+            "temporal_init": "zeros", "drop_path": 0.0, "task": "default"}
+
+
+def decoded_clips(task: str, args) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{split: (pixel_values (n, T, 3, R, R), labels (n,))} for a task, rendered under --data_root once."""
+    from datasets import load_from_disk
+
+    from modeling_stretchysnake import StretchySnakeVideoProcessor
+    from modeling_stretchysnake.synthetic_actions import generate_action_dataset
+
+    root = Path(args.data_root) / task
+    if not (root / "manifest").exists():
+        generate_action_dataset(root, {"train": args.train_per_class, "test": args.eval_per_class}, seed=args.seed,
+                                **TASKS[task])
+    manifest = load_from_disk(str(root / "manifest"))
+    processor = StretchySnakeVideoProcessor()
+    splits = {}
+    for split in ("train", "test"):
+        rows = manifest[split]
+        pixels = torch.cat([processor(path, scale=(args.frames, args.resolution))["pixel_values"]
+                            for path in rows["video"]])
+        splits[split] = (pixels, torch.tensor(rows["label"]))
+    return splits
+
+
+def build(settings: dict, args, num_labels: int) -> torch.nn.Module:
+    torch.manual_seed(args.seed)
+    patch = args.resolution // GRID
+    if settings["model"] == "videomae":
+        from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+        config = VideoMAEConfig(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=3,
+                                intermediate_size=4 * WIDTH, image_size=args.resolution, patch_size=patch,
+                                num_frames=args.frames, tubelet_size=1, num_labels=num_labels,
+                                drop_path_rate=settings["drop_path"])
+        return VideoMAEForVideoClassification(config)
+    from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeForVideoClassification
+
+    config = StretchySnakeConfig(hidden_size=WIDTH, num_hidden_layers=DEPTH, image_size=GRID * 16, patch_size=16,
+                                 num_frames=args.frames, num_labels=num_labels, drop_path_rate=settings["drop_path"],
+                                 pooling=settings["pooling"])
+    model = StretchySnakeForVideoClassification(config)
+    with torch.no_grad():
+        if settings["dt_init"] == "videomamba":  # VideoMamba's blanket init: every Linear trunc-normal, bias zero
+            for layer in model.stretchysnake.layers:
+                for dt_proj in (layer.mixer.dt_proj, layer.mixer.dt_proj_b):
+                    torch.nn.init.trunc_normal_(dt_proj.weight, std=0.02)
+                    torch.nn.init.zeros_(dt_proj.bias)
+        if settings["temporal_init"] == "trunc_normal":
+            torch.nn.init.trunc_normal_(model.stretchysnake.embeddings.temporal_position_embeddings, std=0.02)
+    return model
+
+
+def optimizer_for(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        embedding = "position" in name or "cls_token" in name or "A_log" in name or "A_b_log" in name
+        (no_decay if parameter.ndim < 2 or embedding else decay).append(parameter)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr)
+
+
+def train_and_test(settings: dict, data, args) -> dict:
+    (train_x, train_y), (test_x, test_y) = data["train"], data["test"]
+    num_labels = int(train_y.max()) + 1
+    model = build(settings, args, num_labels).train()
+    optimizer = optimizer_for(model, settings["lr"])
+    warmup = settings["warmup"]
+
+    def lr_factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    generator = torch.Generator().manual_seed(args.seed)  # the same batches, in the same order, for every run
+    order = torch.cat([torch.randperm(len(train_y), generator=generator)
+                       for _ in range(math.ceil(args.steps * args.batch / len(train_y)))])
+    losses = []
+    start = time.process_time()
+    for step in range(args.steps):
+        index = order[step * args.batch:(step + 1) * args.batch]
+        logits = model(pixel_values=train_x[index]).logits
+        loss = F.cross_entropy(logits, train_y[index], label_smoothing=0.1)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        losses.append(loss.item())
+    train_seconds = time.process_time() - start
+    model.eval()
+    with torch.inference_mode():
+        predictions = torch.cat([model(pixel_values=test_x[i:i + 16]).logits.argmax(-1)
+                                 for i in range(0, len(test_y), 16)])
+    return {"top1": 100.0 * (predictions == test_y).float().mean().item(),
+            "final_loss": sum(losses[-20:]) / len(losses[-20:]), "first_loss": sum(losses[:20]) / len(losses[:20]),
+            "train_cpu_seconds": train_seconds}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=list(RUNS))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--resolution", type=int, default=56, help="a multiple of 7 (the 7 x 7 token grid)")
+    parser.add_argument("--train_per_class", type=int, default=100)
+    parser.add_argument("--eval_per_class", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data_root", default="outputs/learning_data")
+    parser.add_argument("--output", default="outputs/learning.json")
+    args = parser.parse_args(argv)
+    if args.resolution % GRID:
+        parser.error(f"--resolution must be a multiple of {GRID}")
+
+    print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads; width {WIDTH}, "
+          f"depth {DEPTH}, {args.frames} frames x {args.resolution} px ({GRID}x{GRID} tokens), batch {args.batch}, "
+          f"{args.steps} steps, {args.train_per_class}/{args.eval_per_class} clips per class", flush=True)
+    data, rows = {}, {}
+    for name in args.runs:
+        settings = {**BASELINE, **RUNS[name]}
+        if settings["task"] not in data:
+            data[settings["task"]] = decoded_clips(settings["task"], args)
+        rows[name] = train_and_test(settings, data[settings["task"]], args)
+        print(f"  {name}: {rows[name]}", flush=True)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(rows, indent=2))
+
+    print(f"\n{'run':<28} {'changed':<40} {'top-1 %':>8} {'loss first->last 20':>20} {'train CPU s':>12}")
+    for name, row in rows.items():
+        changed = ", ".join(f"{k}={v}" for k, v in RUNS[name].items()) or "baseline"
+        print(f"{name:<28} {changed:<40} {row['top1']:>8.1f} {row['first_loss']:>9.2f} ->{row['final_loss']:>7.2f} "
+              f"{row['train_cpu_seconds']:>12.1f}")
+
+
+if __name__ == "__main__":
+    main()
