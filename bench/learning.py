@@ -2,6 +2,7 @@
 
     python bench/learning.py                                  # every run below, 300 steps each
     python bench/learning.py --runs ours videomae --steps 150
+    python bench/learning.py --base lr=3e-3 pooling=mean --runs ours ours_task_quiet   # other baseline settings
 
 All runs see the same decoded clips (rendered once, decoded once at --frames x --resolution, squash resize), the
 same batches in the same order, batch --batch, AdamW (weight decay 0.05, none on 1-D parameters and embeddings),
@@ -29,6 +30,7 @@ TASKS = {  # render options of synthetic_actions.render_action
     "default": {},
     "quiet": {"noise": 4},
     "big_moves": {"side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},
+    "easy": {"noise": 4, "side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},
 }
 # name -> changes against the baseline of its model
 RUNS = {
@@ -45,9 +47,13 @@ RUNS = {
     "ours_task_quiet": {"task": "quiet"},
     "ours_task_big_moves": {"task": "big_moves"},
     "videomae_task_big_moves": {"model": "videomae", "task": "big_moves"},
+    "ours_pos_sincos": {"pos_init": "sincos"},
+    "ours_task_easy": {"task": "easy"},
+    "ours_task_easy_pos_sincos": {"task": "easy", "pos_init": "sincos"},
+    "videomae_task_easy": {"model": "videomae", "task": "easy"},
 }
 BASELINE = {"model": "stretchysnake", "lr": 1e-3, "warmup": 20, "pooling": "cls", "dt_init": "mamba",
-            "temporal_init": "zeros", "drop_path": 0.0, "task": "default"}
+            "temporal_init": "zeros", "pos_init": "trunc_normal", "drop_path": 0.0, "task": "default"}
 
 
 def decoded_clips(task: str, args) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -97,7 +103,20 @@ def build(settings: dict, args, num_labels: int) -> torch.nn.Module:
                     torch.nn.init.zeros_(dt_proj.bias)
         if settings["temporal_init"] == "trunc_normal":
             torch.nn.init.trunc_normal_(model.stretchysnake.embeddings.temporal_position_embeddings, std=0.02)
+        if settings["pos_init"] == "sincos":  # MAE / VideoMAE's fixed 2-D sin-cos table (amplitude 1), kept learnable
+            spatial = model.stretchysnake.embeddings.position_embeddings
+            spatial[0, 1:] = sincos_2d(GRID, WIDTH)
     return model
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """(grid * grid, dim) 2-D sin-cos position table, row-major: half the channels encode the row, half the column."""
+    quarter = dim // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                                indexing="ij")
+    parts = [f(axis.reshape(-1, 1) * frequencies) for axis in (rows, cols) for f in (torch.sin, torch.cos)]
+    return torch.cat(parts, dim=1)
 
 
 def optimizer_for(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -125,9 +144,12 @@ def train_and_test(settings: dict, data, args) -> dict:
     generator = torch.Generator().manual_seed(args.seed)  # the same batches, in the same order, for every run
     order = torch.cat([torch.randperm(len(train_y), generator=generator)
                        for _ in range(math.ceil(args.steps * args.batch / len(train_y)))])
-    losses = []
+    losses, curve = [], {}
     start = time.process_time()
     for step in range(args.steps):
+        if args.eval_every and step and step % args.eval_every == 0:
+            curve[step] = accuracy(model, test_x, test_y)
+            model.train()
         index = order[step * args.batch:(step + 1) * args.batch]
         logits = model(pixel_values=train_x[index]).logits
         loss = F.cross_entropy(logits, train_y[index], label_smoothing=0.1)
@@ -136,14 +158,19 @@ def train_and_test(settings: dict, data, args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
         losses.append(loss.item())
-    train_seconds = time.process_time() - start
+    train_seconds = time.process_time() - start  # includes the intermediate evaluations, if any
+    curve[args.steps] = accuracy(model, test_x, test_y)
+    return {"top1": curve[args.steps], "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+            "first_loss": sum(losses[:20]) / len(losses[:20]), "train_cpu_seconds": train_seconds,
+            "top1_by_step": curve}
+
+
+def accuracy(model, test_x, test_y) -> float:
     model.eval()
     with torch.inference_mode():
         predictions = torch.cat([model(pixel_values=test_x[i:i + 16]).logits.argmax(-1)
                                  for i in range(0, len(test_y), 16)])
-    return {"top1": 100.0 * (predictions == test_y).float().mean().item(),
-            "final_loss": sum(losses[-20:]) / len(losses[-20:]), "first_loss": sum(losses[:20]) / len(losses[:20]),
-            "train_cpu_seconds": train_seconds}
+    return 100.0 * (predictions == test_y).float().mean().item()
 
 
 def main(argv=None):
@@ -156,18 +183,28 @@ def main(argv=None):
     parser.add_argument("--train_per_class", type=int, default=100)
     parser.add_argument("--eval_per_class", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval_every", type=int, default=0, help="also record test top-1 every N steps")
     parser.add_argument("--data_root", default="outputs/learning_data")
     parser.add_argument("--output", default="outputs/learning.json")
+    parser.add_argument("--base", nargs="*", default=[], metavar="KEY=VALUE",
+                        help=f"change the baseline every run starts from; keys: {', '.join(BASELINE)}")
     args = parser.parse_args(argv)
+    baseline = dict(BASELINE)
+    for item in args.base:
+        key, _, value = item.partition("=")
+        if key not in BASELINE:
+            parser.error(f"--base: unknown key {key!r}")
+        baseline[key] = type(BASELINE[key])(value)
     if args.resolution % GRID:
         parser.error(f"--resolution must be a multiple of {GRID}")
 
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads; width {WIDTH}, "
           f"depth {DEPTH}, {args.frames} frames x {args.resolution} px ({GRID}x{GRID} tokens), batch {args.batch}, "
-          f"{args.steps} steps, {args.train_per_class}/{args.eval_per_class} clips per class", flush=True)
+          f"{args.steps} steps, {args.train_per_class}/{args.eval_per_class} clips per class; baseline {baseline}",
+          flush=True)
     data, rows = {}, {}
     for name in args.runs:
-        settings = {**BASELINE, **RUNS[name]}
+        settings = {**baseline, **RUNS[name]}
         if settings["task"] not in data:
             data[settings["task"]] = decoded_clips(settings["task"], args)
         rows[name] = train_and_test(settings, data[settings["task"]], args)
@@ -180,6 +217,10 @@ def main(argv=None):
         changed = ", ".join(f"{k}={v}" for k, v in RUNS[name].items()) or "baseline"
         print(f"{name:<28} {changed:<40} {row['top1']:>8.1f} {row['first_loss']:>9.2f} ->{row['final_loss']:>7.2f} "
               f"{row['train_cpu_seconds']:>12.1f}")
+    if args.eval_every:
+        print("\ntest top-1 by step: " + "; ".join(
+            f"{name} " + " ".join(f"{step}:{top1:.0f}" for step, top1 in row["top1_by_step"].items())
+            for name, row in rows.items()))
 
 
 if __name__ == "__main__":

@@ -49,18 +49,11 @@ def write_results(results: Mapping[Scale, Mapping[str, float]], output_dir: str 
     return {"csv": csv_path, "json": json_path, "png": png_path}
 
 
-def plot_heatmap(results: Mapping[Scale, Mapping[str, float]], path: str | Path, metric: str = "top1",
-                 title: str | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _draw_heatmap(axis, results: Mapping[Scale, Mapping[str, float]], metric: str, title: str):
     frames, resolutions = grid_axes(results)
     grid = np.full((len(frames), len(resolutions)), np.nan)
     for scale, values in results.items():
         grid[frames.index(scale.frames), resolutions.index(scale.resolution)] = values[metric]
-    figure, axis = plt.subplots(figsize=(1.2 * len(resolutions) + 2, 0.8 * len(frames) + 1.6))
     image = axis.imshow(grid, cmap="viridis", vmin=0, vmax=100, origin="lower", aspect="auto")
     for i in range(len(frames)):
         for j in range(len(resolutions)):
@@ -71,31 +64,60 @@ def plot_heatmap(results: Mapping[Scale, Mapping[str, float]], path: str | Path,
     axis.set_yticks(range(len(frames)), [str(f) for f in frames])
     axis.set_xlabel("resolution (px)")
     axis.set_ylabel("frames")
-    axis.set_title(title or f"{metric} accuracy (%) over frames x resolution")
-    figure.colorbar(image, ax=axis, label=f"{metric} (%)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    axis.set_title(title)
+    return image
 
 
-def plot_training_curve(log_history: list[dict], path: str | Path) -> None:
-    """Training loss per logged step, coloured by the step's resolution (from Trainer's log_history)."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = [e for e in log_history if "loss" in e and "step" in e]
-    figure, axis = plt.subplots(figsize=(7, 3.5))
-    if entries:
-        steps = [e["step"] for e in entries]
-        axis.plot(steps, [e["loss"] for e in entries], color="0.6", linewidth=1)
-        points = axis.scatter(steps, [e["loss"] for e in entries], c=[e.get("resolution", 0) for e in entries],
-                              cmap="viridis", s=18, zorder=3)
-        figure.colorbar(points, ax=axis, label="resolution of the step (px)")
+    return plt
+
+
+def plot_heatmap(results: Mapping[Scale, Mapping[str, float]], path: str | Path, metric: str = "top1",
+                 title: str | None = None) -> None:
+    plot_heatmaps({title or f"{metric} accuracy (%) over frames x resolution": results}, path, metric)
+
+
+def plot_heatmaps(runs: Mapping[str, Mapping[Scale, Mapping[str, float]]], path: str | Path,
+                  metric: str = "top1") -> None:
+    """One heatmap per run (title: its name), side by side on one colour scale, in one PNG."""
+    plt = _pyplot()
+    frames, resolutions = grid_axes(next(iter(runs.values())))
+    figure, axes = plt.subplots(1, len(runs), figsize=(len(runs) * (1.2 * len(resolutions) + 1.5) + 1,
+                                                       0.8 * len(frames) + 1.6), squeeze=False)
+    for axis, (name, results) in zip(axes[0], runs.items()):
+        image = _draw_heatmap(axis, results, metric, name)
+    figure.colorbar(image, ax=list(axes[0]), label=f"{metric} (%)")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def plot_training_curves(runs: Mapping[str, list[dict]], path: str | Path) -> None:
+    """Training loss per logged step of each run (from Trainer's log_history): a line per run, and each logged
+    step's point coloured by its scale (frames x resolution)."""
+    plt = _pyplot()
+    entries = {name: [e for e in history if "loss" in e and "step" in e] for name, history in runs.items()}
+    scales = sorted({(e.get("frames", 0), e.get("resolution", 0)) for run in entries.values() for e in run})
+    colours = plt.get_cmap("tab10" if len(scales) <= 10 else "viridis", max(len(scales), 1))
+    figure, axis = plt.subplots(figsize=(8, 4))
+    for line_style, (name, run) in zip(("-", "--", ":", "-."), entries.items()):
+        if not run:
+            continue
+        steps = [e["step"] for e in run]
+        axis.plot(steps, [e["loss"] for e in run], color="0.5", linewidth=1, linestyle=line_style, label=name)
+    for index, (frames, resolution) in enumerate(scales):
+        points = [(e["step"], e["loss"]) for run in entries.values() for e in run
+                  if (e.get("frames", 0), e.get("resolution", 0)) == (frames, resolution)]
+        axis.scatter(*zip(*points), color=colours(index), s=18, zorder=3, label=f"{frames} f x {resolution} px")
     axis.set_xlabel("step")
     axis.set_ylabel("training loss")
-    axis.set_title("flexible training: loss per logged step")
+    axis.set_title("training loss per logged step, coloured by the step's scale")
+    if any(entries.values()):
+        axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -11,6 +11,7 @@ to tell apart, written as real video files) is rendered under `--data_root` and 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from modeling_stretchysnake import (
 )
 from modeling_stretchysnake.data import VideoClipDataset
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
-from modeling_stretchysnake.reporting import format_table, plot_training_curve, write_results
+from modeling_stretchysnake.reporting import format_table, plot_heatmaps, plot_training_curves, write_results
 from modeling_stretchysnake.scales import VARIANTS, Scale, ScaleSampler
 from modeling_stretchysnake.trainer import StretchySnakeTrainer
 
@@ -70,6 +71,9 @@ class StretchySnakeArguments:
     cutmix_alpha: float = 0.0
     layer_decay: float = 1.0
     decoder: str = field(default="auto", metadata={"help": "auto (decord, then PyAV), decord or pyav"})
+    baseline: str = field(default="auto", metadata={
+        "help": "also train a fixed-scale model of the same size in this run, same steps, evaluated on the same grid: "
+                "FRAMESxRESOLUTION (e.g. 8x112), 'none', or 'auto' (the base scale on generated data, none otherwise)"})
 
 
 def yaml_to_flags(path: str) -> list[str]:
@@ -127,6 +131,32 @@ def build_model(args: StretchySnakeArguments, label_names: list[str]) -> Stretch
     return StretchySnakeForVideoClassification(config)
 
 
+def baseline_scale(args: StretchySnakeArguments, config: StretchySnakeConfig) -> tuple[int, int] | None:
+    """(frames, resolution) of the fixed-scale comparison model, or None."""
+    if args.baseline == "none" or (args.baseline == "auto" and args.manifest):
+        return None
+    if args.baseline == "auto":
+        return max(args.train_frames), config.image_size
+    try:
+        frames, resolution = (int(v) for v in args.baseline.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--baseline must be FRAMESxRESOLUTION (e.g. 8x112), 'none' or 'auto'; got {args.baseline!r}")
+    return frames, resolution
+
+
+def train_and_evaluate(args, training_args, model, sampler, eval_scales, processor, train_set, eval_set):
+    """Train `model` with one scale per step from `sampler`, save it under output_dir/final, evaluate the grid."""
+    trainer = StretchySnakeTrainer(
+        model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set, processing_class=processor,
+        scale_sampler=sampler, eval_scales=eval_scales, eval_views=(args.eval_clips, args.eval_crops),
+        mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha, layer_decay=args.layer_decay,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(str(Path(training_args.output_dir) / "final"))
+    metrics = trainer.evaluate()
+    return trainer, metrics
+
+
 def main(argv: list[str] | None = None) -> dict:
     args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -146,32 +176,47 @@ def main(argv: list[str] | None = None) -> dict:
                                             decoder=args.decoder)
     train_set = VideoClipDataset(train_rows, processor, training=True, decoder=args.decoder)
     eval_set = VideoClipDataset(eval_rows, processor, training=False, decoder=args.decoder)
-    logger.info("model %s/%d layers, %.2fM parameters; %s; %d train / %d eval videos; eval grid %s",
-                config.hidden_size, config.num_hidden_layers, model.num_parameters() / 1e6, scale_sampler,
-                len(train_set), len(eval_set), [str(s) for s in eval_scales])
+    fixed = baseline_scale(args, config)
+    logger.info("model %s/%d layers, %.2fM parameters; %s; %d train / %d eval videos; eval grid %s; fixed-scale "
+                "comparison: %s", config.hidden_size, config.num_hidden_layers, model.num_parameters() / 1e6,
+                scale_sampler, len(train_set), len(eval_set), [str(s) for s in eval_scales],
+                f"{fixed[0]}x{fixed[1]}" if fixed else "none")
     logger.info("evaluation protocol: %d clip(s) x %d crop(s) per video, shortest-side resize + crop, top-1/top-5/"
                 "mean class accuracy per frames x resolution", args.eval_clips, args.eval_crops)
 
-    trainer = StretchySnakeTrainer(
-        model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set, processing_class=processor,
-        scale_sampler=scale_sampler, eval_scales=eval_scales, eval_views=(args.eval_clips, args.eval_crops),
-        mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha, layer_decay=args.layer_decay,
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    final_dir = Path(training_args.output_dir) / "final"
-    trainer.save_model(str(final_dir))
-
-    metrics = trainer.evaluate()
-    results = trainer.last_scale_results
+    output_dir = Path(training_args.output_dir)
+    trainer, metrics = train_and_evaluate(args, training_args, model, scale_sampler, eval_scales, processor,
+                                          train_set, eval_set)
+    runs = {args.variant: (trainer, trainer.last_scale_results)}
+    if fixed:
+        # Same size, data, steps and optimiser; one scale. It is evaluated like the flexible model (the patch
+        # follows config.scale_mode), so the two grids differ only by what the model saw in training.
+        fixed_args = dataclasses.replace(training_args, output_dir=str(output_dir / "fixed_scale"))
+        set_seed(training_args.seed)
+        fixed_model = build_model(args, label_names)
+        fixed_sampler = ScaleSampler("static_patches", frames=[fixed[0]], resolutions=[fixed[1]],
+                                     patch_sizes=[resolve_patch_size(config, fixed[1], fixed[1])], seed=training_args.seed)
+        fixed_trainer, _ = train_and_evaluate(args, fixed_args, fixed_model, fixed_sampler, eval_scales, processor,
+                                              train_set, eval_set)
+        runs[f"fixed {fixed[0]}x{fixed[1]}"] = (fixed_trainer, fixed_trainer.last_scale_results)
     if trainer.is_world_process_zero():
-        paths = write_results(results, training_args.output_dir, title=f"{args.variant}: top-1 (%)")
-        plot_training_curve(trainer.state.log_history, Path(training_args.output_dir) / "training_curve.png")
+        results = trainer.last_scale_results
+        paths = write_results(results, output_dir, title=f"{args.variant}: top-1 (%)")
+        plot_training_curves({name: run[0].state.log_history for name, run in runs.items()},
+                             output_dir / "training_curve.png")
         skipped = sum(train_set.failures.values()) + sum(eval_set.failures.values())
-        print(f"\nsaved model: {final_dir}\nresults: {paths['csv']}, heatmap: {paths['png']}, "
-              f"loss curve: {Path(training_args.output_dir) / 'training_curve.png'}")
+        print(f"\nsaved model: {output_dir / 'final'}\nresults: {paths['csv']}, heatmap: {paths['png']}, "
+              f"loss curves: {output_dir / 'training_curve.png'}")
         print(f"unreadable videos skipped: {skipped}" + (f" ({sorted(set(train_set.failures) | set(eval_set.failures))})" if skipped else ""))
-        print(f"\ntop-1 accuracy (%) over frames x resolution, variant {args.variant}, "
-              f"chance {100 / len(label_names):.1f}%:\n{format_table(results)}")
+        for name, (_, grid_results) in runs.items():
+            print(f"\ntop-1 accuracy (%) over frames x resolution, {name}, chance {100 / len(label_names):.1f}%:\n"
+                  f"{format_table(grid_results)}")
+        if fixed:
+            comparison = output_dir / "scale_grid_comparison.png"
+            plot_heatmaps({name: grid_results for name, (_, grid_results) in runs.items()}, comparison)
+            write_results(runs[f"fixed {fixed[0]}x{fixed[1]}"][1], output_dir / "fixed_scale",
+                          title=f"fixed {fixed[0]}x{fixed[1]}: top-1 (%)")
+            print(f"\nfixed-scale model: {output_dir / 'fixed_scale' / 'final'}; both grids: {comparison}")
     return metrics
 
 

@@ -36,8 +36,14 @@ def test_train_recipe_one_process(manifest_dir, tmp_path):
     config.write_text("variant: static_tokens\nlearning_rate: 0.001\npreset: embedded\n")
     out = tmp_path / "out"
     result = run_script([sys.executable, str(ROOT / "recipes" / "train.py"), "--config", str(config), "--manifest",
-                  str(manifest_dir), "--output_dir", str(out), *TINY_RUN], tmp_path)
-    assert "top-1 accuracy (%) over frames x resolution" in result.stdout
+                  str(manifest_dir), "--output_dir", str(out), "--baseline", "3x28", *TINY_RUN], tmp_path)
+    assert "top-1 accuracy (%) over frames x resolution, static_tokens" in result.stdout
+    assert "top-1 accuracy (%) over frames x resolution, fixed 3x28" in result.stdout
+    fixed_rows = json.loads((out / "fixed_scale" / "scale_grid.json").read_text())
+    assert {(r["frames"], r["resolution"]) for r in fixed_rows} == {(2, 28), (4, 28)}
+    assert (out / "fixed_scale" / "final" / "model.safetensors").exists()
+    for picture in ("scale_grid_comparison.png", "training_curve.png"):
+        assert (out / picture).read_bytes()[:4] == b"\x89PNG"
     assert "unreadable videos skipped: " in result.stdout and "broken.mp4" in result.stdout + result.stderr
     rows = json.loads((out / "scale_grid.json").read_text())
     assert {(r["frames"], r["resolution"]) for r in rows} == {(2, 28), (4, 28)}
@@ -54,6 +60,22 @@ def test_yaml_and_flags_override_order():
     args, training_args = train.parse_arguments(["--variant", "static_patches", "--train_frames", "8", "16"])
     assert args.variant == "static_patches" and args.train_frames == [8, 16]
     assert training_args.output_dir == "outputs/stretchysnake-embedded" and training_args.label_smoothing_factor == 0.1
+
+
+def test_fixed_scale_baseline_choice():
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import train
+
+    from modeling_stretchysnake import StretchySnakeConfig
+
+    config = StretchySnakeConfig(image_size=112)
+    parse = lambda *flags: train.parse_arguments(list(flags))[0]  # noqa: E731
+    assert train.baseline_scale(parse("--train_frames", "4", "8"), config) == (8, 112)  # generated data: base scale
+    assert train.baseline_scale(parse("--manifest", "somewhere"), config) is None  # real data: opt in
+    assert train.baseline_scale(parse("--manifest", "somewhere", "--baseline", "16X224"), config) == (16, 224)
+    assert train.baseline_scale(parse("--baseline", "none"), config) is None
+    with pytest.raises(ValueError, match="FRAMESxRESOLUTION"):
+        train.baseline_scale(parse("--baseline", "8-112"), config)
 
 
 def test_train_recipe_two_cpu_processes(manifest_dir, tmp_path):
