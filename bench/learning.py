@@ -93,7 +93,7 @@ def build(settings: dict, args, num_labels: int) -> torch.nn.Module:
 
     config = StretchySnakeConfig(hidden_size=WIDTH, num_hidden_layers=DEPTH, image_size=GRID * 16, patch_size=16,
                                  num_frames=args.frames, num_labels=num_labels, drop_path_rate=settings["drop_path"],
-                                 pooling=settings["pooling"])
+                                 pooling=settings["pooling"], position_embedding_init=settings["pos_init"])
     model = StretchySnakeForVideoClassification(config)
     with torch.no_grad():
         if settings["dt_init"] == "videomamba":  # VideoMamba's blanket init: every Linear trunc-normal, bias zero
@@ -103,20 +103,7 @@ def build(settings: dict, args, num_labels: int) -> torch.nn.Module:
                     torch.nn.init.zeros_(dt_proj.bias)
         if settings["temporal_init"] == "trunc_normal":
             torch.nn.init.trunc_normal_(model.stretchysnake.embeddings.temporal_position_embeddings, std=0.02)
-        if settings["pos_init"] == "sincos":  # MAE / VideoMAE's fixed 2-D sin-cos table (amplitude 1), kept learnable
-            spatial = model.stretchysnake.embeddings.position_embeddings
-            spatial[0, 1:] = sincos_2d(GRID, WIDTH)
     return model
-
-
-def sincos_2d(grid: int, dim: int) -> torch.Tensor:
-    """(grid * grid, dim) 2-D sin-cos position table, row-major: half the channels encode the row, half the column."""
-    quarter = dim // 4
-    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
-    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
-                                indexing="ij")
-    parts = [f(axis.reshape(-1, 1) * frequencies) for axis in (rows, cols) for f in (torch.sin, torch.cos)]
-    return torch.cat(parts, dim=1)
 
 
 def optimizer_for(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:

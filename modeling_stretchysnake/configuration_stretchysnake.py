@@ -9,6 +9,7 @@ from transformers import PretrainedConfig
 KERNEL_RESIZE_MODES = ("bicubic", "pi")
 SCALE_MODES = ("static_tokens", "static_patches")
 POOLING_MODES = ("cls", "mean")
+POSITION_EMBEDDING_INITS = ("trunc_normal", "sincos")
 
 # Named sizes from VideoMamba: hidden size x depth.
 STRETCHYSNAKE_PRESETS = {
@@ -52,6 +53,9 @@ class StretchySnakeConfig(PretrainedConfig):
         pooling (`str`, defaults to `"cls"`): what `pooler_output` (and so the classifier) reads: `"cls"`, the
             normalised CLS token at the sequence start (VideoMamba), or `"mean"`, the mean of the normalised patch
             tokens.
+        position_embedding_init (`str`, defaults to `"trunc_normal"`): how a fresh model's spatial position
+            embedding starts: `"trunc_normal"` (std `initializer_range`, VideoMamba) or `"sincos"` (the 2-D sin-cos
+            table of MAE / VideoMAE, amplitude 1; still learned). Loaded weights replace it either way.
     """
 
     model_type = "stretchysnake"
@@ -82,6 +86,7 @@ class StretchySnakeConfig(PretrainedConfig):
         scan_backend: str = "auto",
         scan_chunk_size: int = 16,
         pooling: str = "cls",
+        position_embedding_init: str = "trunc_normal",
         **kwargs,
     ):
         if kernel_resize_mode not in KERNEL_RESIZE_MODES:
@@ -90,6 +95,9 @@ class StretchySnakeConfig(PretrainedConfig):
             raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
         if pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+        if position_embedding_init not in POSITION_EMBEDDING_INITS:
+            raise ValueError(f"position_embedding_init must be one of {POSITION_EMBEDDING_INITS}, "
+                             f"got {position_embedding_init!r}")
         if image_size % patch_size != 0:
             raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
         self.hidden_size = hidden_size
@@ -117,6 +125,7 @@ class StretchySnakeConfig(PretrainedConfig):
         self.scan_backend = scan_backend
         self.scan_chunk_size = scan_chunk_size
         self.pooling = pooling
+        self.position_embedding_init = position_embedding_init
         super().__init__(**kwargs)
         if self.id2label and not getattr(self, "label2id", None):
             self.label2id = {label: int(index) for index, label in self.id2label.items()}

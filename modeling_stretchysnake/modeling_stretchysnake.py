@@ -97,6 +97,18 @@ def resolve_patch_size(config: StretchySnakeConfig, height: int, width: int, pat
     return patch_size
 
 
+def sincos_position_table(grid: int, dim: int) -> torch.Tensor:
+    """(grid * grid, dim) 2-D sin-cos position table, row-major (MAE): a quarter of the channels each for
+    sin and cos of the row and of the column, at geometric frequencies."""
+    quarter = dim // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / max(quarter, 1))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                                indexing="ij")
+    parts = [f(axis.reshape(-1, 1) * frequencies) for axis in (rows, cols) for f in (torch.sin, torch.cos)]
+    table = torch.cat(parts, dim=1)
+    return F.pad(table, (0, dim - table.shape[1]))  # dims not divisible by 4: zero-filled tail
+
+
 class StretchySnakeEmbeddings(nn.Module):
     """Per-frame patch tokens + CLS, with the kernel and position embeddings resized to the call's scale."""
 
@@ -221,6 +233,9 @@ class StretchySnakePreTrainedModel(PreTrainedModel):
             init.uniform_(module.patch_embeddings.bias, -(fan_in**-0.5), fan_in**-0.5)
             init.zeros_(module.cls_token)
             init.trunc_normal_(module.position_embeddings, std=std)
+            if self.config.position_embedding_init == "sincos":  # the CLS slot keeps its trunc-normal value
+                table = sincos_position_table(self.config.grid_size, self.config.hidden_size)
+                init.copy_(module.position_embeddings[0, 1:], table.to(module.position_embeddings.dtype))
             init.zeros_(module.temporal_position_embeddings)
         elif isinstance(module, StretchySnakeMixer):
             config = self.config

@@ -39,6 +39,38 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _channel_block(A_ptr, D_ptr, bias_ptr, block, d_inner, n_state, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A program's channels d (BLOCK,) and state indices n (BLOCK_N,), their masks, and its slices of A
+    (BLOCK, BLOCK_N), delta_bias and D (BLOCK,), in float32 (zeros where absent)."""
+    d = block * BLOCK + tl.arange(0, BLOCK)
+    n = tl.arange(0, BLOCK_N)
+    d_ok = d < d_inner
+    n_ok = n < n_state
+    tile_ok = d_ok[:, None] & n_ok[None, :]
+    A = tl.load(A_ptr + d[:, None] * n_state + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK], tl.float32)
+    skip = tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_D else tl.zeros([BLOCK], tl.float32)
+    return d, n, d_ok, n_ok, tile_ok, A, bias, skip
+
+
+@triton.jit
+def _step_inputs(u_ptr, delta_ptr, B_ptr, b, t, d, n, d_ok, n_ok, bias, length, d_inner, n_state,
+                 SOFTPLUS: tl.constexpr):
+    """Step t's offsets and masks, u_t and the raw delta_t + bias (BLOCK,), dt_t (0 past the end, so such steps
+    leave the state unchanged) and B_t (BLOCK_N,)."""
+    row_ok = d_ok & (d * 0 + t < length)  # (vectors: the interpreter wants tensor masks)
+    step_ok = n_ok & (n * 0 + t < length)
+    row = (b * length + t) * d_inner + d
+    x = tl.load(u_ptr + row, mask=row_ok, other=0.0).to(tl.float32)
+    raw = tl.load(delta_ptr + row, mask=row_ok, other=0.0).to(tl.float32) + bias
+    dt = _softplus(raw) if SOFTPLUS else raw
+    dt = tl.where(row_ok, dt, 0.0)
+    B_t = tl.load(B_ptr + (b * length + t) * n_state + n, mask=step_ok, other=0.0).to(tl.float32)
+    return row, row_ok, step_ok, x, raw, dt, B_t
+
+
+@triton.jit
 def _scan_forward_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, checkpoints_ptr,
     length, d_inner, n_state, chunks, every,
@@ -48,29 +80,16 @@ def _scan_forward_kernel(
     # u, delta, z, out: (batch, L, d_inner); A: (d_inner, N); B, C: (batch, L, N); D, bias: (d_inner,);
     # checkpoints: (batch, d_inner, chunks, N)
     b = tl.program_id(0)
-    d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    n = tl.arange(0, BLOCK_N)
-    d_ok = d < d_inner
-    n_ok = n < n_state
-    tile_ok = d_ok[:, None] & n_ok[None, :]
-    A = tl.load(A_ptr + d[:, None] * n_state + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK], tl.float32)
-    skip = tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_D else tl.zeros([BLOCK], tl.float32)
+    d, n, d_ok, n_ok, tile_ok, A, bias, skip = _channel_block(
+        A_ptr, D_ptr, bias_ptr, tl.program_id(1), d_inner, n_state, HAS_D, HAS_BIAS, BLOCK, BLOCK_N)
     state = tl.zeros([BLOCK, BLOCK_N], tl.float32)
     for chunk in range(0, chunks):
         ckpt = checkpoints_ptr + ((b * d_inner + d[:, None]) * chunks + chunk) * n_state + n[None, :]
         tl.store(ckpt, state, mask=tile_ok)
         for i in range(0, every):
             t = chunk * every + i
-            row_ok = d_ok & (d * 0 + t < length)  # (a vector: the interpreter wants tensor masks)
-            row = (b * length + t) * d_inner + d
-            x = tl.load(u_ptr + row, mask=row_ok, other=0.0).to(tl.float32)
-            dt = tl.load(delta_ptr + row, mask=row_ok, other=0.0).to(tl.float32) + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            dt = tl.where(row_ok, dt, 0.0)  # steps past the end leave the state unchanged
-            step_ok = n_ok & (n * 0 + t < length)
-            B_t = tl.load(B_ptr + (b * length + t) * n_state + n, mask=step_ok, other=0.0).to(tl.float32)
+            row, row_ok, step_ok, x, raw, dt, B_t = _step_inputs(
+                u_ptr, delta_ptr, B_ptr, b, t, d, n, d_ok, n_ok, bias, length, d_inner, n_state, SOFTPLUS)
             C_t = tl.load(C_ptr + (b * length + t) * n_state + n, mask=step_ok, other=0.0).to(tl.float32)
             state = tl.exp(dt[:, None] * A) * state + (dt * x)[:, None] * B_t[None, :]
             y = tl.sum(state * C_t[None, :], axis=1) + skip * x
@@ -94,14 +113,8 @@ def _scan_backward_kernel(
     b = tl.program_id(0)
     block = tl.program_id(1)
     blocks = tl.num_programs(1)
-    d = block * BLOCK + tl.arange(0, BLOCK)
-    n = tl.arange(0, BLOCK_N)
-    d_ok = d < d_inner
-    n_ok = n < n_state
-    tile_ok = d_ok[:, None] & n_ok[None, :]
-    A = tl.load(A_ptr + d[:, None] * n_state + n[None, :], mask=tile_ok, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_BIAS else tl.zeros([BLOCK], tl.float32)
-    skip = tl.load(D_ptr + d, mask=d_ok, other=0.0).to(tl.float32) if HAS_D else tl.zeros([BLOCK], tl.float32)
+    d, n, d_ok, n_ok, tile_ok, A, bias, skip = _channel_block(
+        A_ptr, D_ptr, bias_ptr, block, d_inner, n_state, HAS_D, HAS_BIAS, BLOCK, BLOCK_N)
     scratch = scratch_ptr + (b * blocks + block) * (CHUNK + 1) * BLOCK * BLOCK_N
     tile = tl.arange(0, BLOCK)[:, None] * BLOCK_N + n[None, :]
     grad_state = tl.zeros([BLOCK, BLOCK_N], tl.float32)
@@ -115,29 +128,16 @@ def _scan_backward_kernel(
         tl.store(scratch + tile, state)
         for i in range(0, every):  # recompute the chunk's states into scratch[1..every]
             t = chunk * every + i
-            row_ok = d_ok & (d * 0 + t < length)  # (a vector: the interpreter wants tensor masks)
-            row = (b * length + t) * d_inner + d
-            x = tl.load(u_ptr + row, mask=row_ok, other=0.0).to(tl.float32)
-            dt = tl.load(delta_ptr + row, mask=row_ok, other=0.0).to(tl.float32) + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            dt = tl.where(row_ok, dt, 0.0)
-            step_ok = n_ok & (n * 0 + t < length)
-            B_t = tl.load(B_ptr + (b * length + t) * n_state + n, mask=step_ok, other=0.0).to(tl.float32)
+            row, row_ok, step_ok, x, raw, dt, B_t = _step_inputs(
+                u_ptr, delta_ptr, B_ptr, b, t, d, n, d_ok, n_ok, bias, length, d_inner, n_state, SOFTPLUS)
             state = tl.exp(dt[:, None] * A) * state + (dt * x)[:, None] * B_t[None, :]
             tl.store(scratch + (i + 1) * BLOCK * BLOCK_N + tile, state)
         tl.debug_barrier()
         for reversed_i in range(0, every):  # walk the chunk back
             i = every - 1 - reversed_i
             t = chunk * every + i
-            row_ok = d_ok & (d * 0 + t < length)  # (a vector: the interpreter wants tensor masks)
-            row = (b * length + t) * d_inner + d
-            x = tl.load(u_ptr + row, mask=row_ok, other=0.0).to(tl.float32)
-            raw = tl.load(delta_ptr + row, mask=row_ok, other=0.0).to(tl.float32) + bias
-            dt = _softplus(raw) if SOFTPLUS else raw
-            dt = tl.where(row_ok, dt, 0.0)
-            step_ok = n_ok & (n * 0 + t < length)
-            B_t = tl.load(B_ptr + (b * length + t) * n_state + n, mask=step_ok, other=0.0).to(tl.float32)
+            row, row_ok, step_ok, x, raw, dt, B_t = _step_inputs(
+                u_ptr, delta_ptr, B_ptr, b, t, d, n, d_ok, n_ok, bias, length, d_inner, n_state, SOFTPLUS)
             C_t = tl.load(C_ptr + (b * length + t) * n_state + n, mask=step_ok, other=0.0).to(tl.float32)
             state = tl.load(scratch + (i + 1) * BLOCK * BLOCK_N + tile)
             previous = tl.load(scratch + i * BLOCK * BLOCK_N + tile)

@@ -271,3 +271,21 @@ def test_mean_pooling_reads_the_mean_of_the_patch_tokens():
     torch.testing.assert_close(cls_outputs.pooler_output, cls_outputs.last_hidden_state[:, 0])
     with pytest.raises(ValueError, match="pooling"):
         small_config(pooling="max")
+
+
+def test_sincos_position_embedding_init():
+    from modeling_stretchysnake.modeling_stretchysnake import sincos_position_table
+
+    torch.manual_seed(0)
+    model = StretchySnakeModel(small_config(position_embedding_init="sincos"))
+    spatial = model.embeddings.position_embeddings[0, 1:]
+    table = sincos_position_table(4, 32)
+    torch.testing.assert_close(spatial, table)
+    # row-major: the row channels (first half) change along a column, the column channels along a row
+    assert torch.equal(table[0, :16], table[1, :16]) and not torch.equal(table[0, 16:], table[1, 16:])
+    assert not torch.equal(table[0, :16], table[4, :16])
+    assert spatial.requires_grad and table.abs().max() == 1
+    default = StretchySnakeModel(small_config())
+    assert default.embeddings.position_embeddings.std() < 0.05  # VideoMamba's trunc-normal(0.02) stays the default
+    with pytest.raises(ValueError, match="position_embedding_init"):
+        small_config(position_embedding_init="zeros")
