@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from modeling_stretchysnake.data import (
     ClipView,
