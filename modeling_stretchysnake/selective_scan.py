@@ -187,16 +187,18 @@ _INSTALL_HINTS = {"numba": "pip install numba", "triton": "pip install triton", 
 _logged_backends: set[tuple[str, str]] = set()
 
 
+# What `auto` tries, fastest first, per device type; anything else (or nothing available) gets chunked.
+_AUTO_ORDER = {"cuda": ("mamba_ssm", "triton"), "cpu": ("numba",)}
+
+
+def _available(name: str) -> bool:
+    check = _REQUIREMENTS[name][1]
+    return check is None or check()
+
+
 def _auto_backend(device: torch.device) -> str:
     """The fastest backend available for a device."""
-    if device.type == "cuda":
-        if load_mamba_ssm_scan() is not None:
-            return "mamba_ssm"
-        if triton_available():
-            return "triton"
-    elif device.type == "cpu" and numba_available():
-        return "numba"
-    return "chunked"
+    return next((name for name in _AUTO_ORDER.get(device.type, ()) if _available(name)), "chunked")
 
 
 def resolve_scan_backend(requested: str, device: torch.device) -> str:
@@ -207,8 +209,8 @@ def resolve_scan_backend(requested: str, device: torch.device) -> str:
     if name == "auto":
         name = _auto_backend(device)
     else:
-        device_type, available = _REQUIREMENTS[name]
-        if available is not None and not available():
+        device_type, _ = _REQUIREMENTS[name]
+        if not _available(name):
             raise RuntimeError(
                 f"scan backend {name!r} was asked for but cannot be imported ({_INSTALL_HINTS[name]})."
             )
