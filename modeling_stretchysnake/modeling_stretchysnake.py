@@ -75,26 +75,25 @@ class StretchySnakeRMSNorm(nn.Module):
 
 
 def resolve_patch_size(config: StretchySnakeConfig, height: int, width: int, patch_size: int | None = None) -> int:
-    """The patch size a call uses: explicit, else from `config.scale_mode`. Raises if H or W do not fit it."""
+    """The patch size a call uses: explicit, else from `config.scale_mode`.
+
+    static_tokens: ceil(shorter side / base grid), so the shorter side gets the base grid (14 for 224 / 16) when it
+    is a multiple of it and at most that otherwise; static_patches: `config.patch_size`. Frames whose sides the
+    patch does not divide are zero-padded at the bottom and right (see `padded_grid`).
+    """
     if patch_size is None:
         if config.scale_mode == "static_patches":
             patch_size = config.patch_size
-        else:  # static_tokens: keep the base grid along the shorter side
-            shorter = min(height, width)
-            if shorter % config.grid_size != 0:
-                raise ValueError(
-                    f"scale_mode='static_tokens' needs the shorter side to be a multiple of the base grid "
-                    f"{config.grid_size} (patch = side / {config.grid_size}); got H={height}, W={width}. "
-                    f"Resize to e.g. {max(1, round(shorter / config.grid_size)) * config.grid_size} px, "
-                    f"or pass patch_size=."
-                )
-            patch_size = shorter // config.grid_size
-    if patch_size < 1 or height % patch_size or width % patch_size:
-        raise ValueError(
-            f"Frame size H={height}, W={width} is not divisible by the patch size {patch_size}; "
-            f"expected H and W to be multiples of {patch_size}."
-        )
-    return patch_size
+        else:
+            patch_size = math.ceil(min(height, width) / config.grid_size)
+    if int(patch_size) != patch_size or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
+    return int(patch_size)
+
+
+def padded_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
+    """Token grid (rows, columns) of an H x W frame: ceil(H / p) x ceil(W / p), as timm's `dynamic_img_pad`."""
+    return math.ceil(height / patch_size), math.ceil(width / patch_size)
 
 
 def sincos_position_table(grid: int, dim: int) -> torch.Tensor:
@@ -127,7 +126,10 @@ class StretchySnakeEmbeddings(nn.Module):
     def forward(self, pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
         # pixel_values: (B, T, C, H, W) -> tokens (B, 1 + T*h*w, D)
         batch, frames, _, height, width = pixel_values.shape
-        grid = (height // patch_size, width // patch_size)
+        grid = padded_grid(height, width, patch_size)
+        pad_height, pad_width = grid[0] * patch_size - height, grid[1] * patch_size - width
+        if pad_height or pad_width:  # zeros are the mean colour after normalisation
+            pixel_values = F.pad(pixel_values, (0, pad_width, 0, pad_height))
         kernel = resize_patch_kernel(
             self.patch_embeddings.weight, (patch_size, patch_size), self.config.kernel_resize_mode
         )  # (D, C, 1, p, p)
@@ -222,6 +224,15 @@ class StretchySnakePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["StretchySnakeBlock"]
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # A saved folder loads through every Auto class without the package (trust_remote_code): features through
+        # AutoModel, the classifier through AutoModelForVideoClassification, whichever class was saved.
+        if self._auto_class is not None:
+            module = self.__class__.__module__.split(".")[-1]
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                    **{auto: f"{module}.{name}" for auto, name in _AUTO_CLASSES.items()}}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         """VideoMamba's initialisation; the dt projections follow Mamba's log-uniform dt init (see README)."""
@@ -294,6 +305,18 @@ class StretchySnakeModel(StretchySnakePreTrainedModel):
             )
         if min(batch, frames, height, width) < 1:
             raise ValueError(f"pixel_values has an empty dimension: {tuple(pixel_values.shape)}")
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"pixel_values must be normalised float frames, got dtype {pixel_values.dtype}; raw {pixel_values.dtype}"
+                " frames go through StretchySnakeVideoProcessor first (it rescales 0..255 to 0..1 and normalises)"
+            )
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The per-frame patch-embedding conv, stored at the base patch size (as in-tree vision models)."""
+        return self.embeddings.patch_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings.patch_embeddings = value
 
     def forward(
         self,
@@ -305,7 +328,8 @@ class StretchySnakeModel(StretchySnakePreTrainedModel):
     ) -> StretchySnakeModelOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch, frames, channels, height, width)`):
-            any frames >= 1 and any height/width the patch size divides.
+            normalised frames (the processor's output), any frames >= 1 and any height, width >= 1; sides the
+            patch size does not divide are zero-padded at the bottom and right to ceil(side / patch) tokens.
         patch_size (`int`, *optional*): patch size for this call; by default from `config.scale_mode`.
         """
         output_hidden_states = (
@@ -331,6 +355,28 @@ class StretchySnakeModel(StretchySnakePreTrainedModel):
         return StretchySnakeModelOutput(last_hidden_state=last_hidden, pooler_output=pooled, hidden_states=all_hidden)
 
 
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: StretchySnakeConfig) -> torch.Tensor:
+    """The loss for `config.problem_type`, as transformers' classification heads choose it.
+
+    Unset problem_type: regression for one label; otherwise single-label cross-entropy, with class indices or soft
+    targets (batch, num_labels) such as mixup's. Multi-label BCE is used only when asked for by
+    `problem_type="multi_label_classification"`, since soft single-label targets have the same shape.
+    """
+    problem_type = config.problem_type
+    if problem_type is None:
+        problem_type = "regression" if config.num_labels == 1 else "single_label_classification"
+    logits, labels = logits.float(), labels.to(logits.device)
+    if problem_type == "regression":
+        if config.num_labels == 1:
+            return F.mse_loss(logits.view(-1), labels.float().view(-1))
+        return F.mse_loss(logits, labels.float())
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    if labels.is_floating_point() and labels.dim() == 2:  # soft targets
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1).long())
+
+
 class StretchySnakeForVideoClassification(StretchySnakePreTrainedModel):
     def __init__(self, config: StretchySnakeConfig):
         super().__init__(config)
@@ -350,8 +396,9 @@ class StretchySnakeForVideoClassification(StretchySnakePreTrainedModel):
         **kwargs,
     ) -> StretchySnakeVideoClassifierOutput | tuple:
         r"""
-        labels (`torch.LongTensor` of shape `(batch,)`, or soft targets `(batch, num_labels)`, *optional*):
-            class indices (or probabilities, e.g. from mixup) for the cross-entropy loss.
+        labels (`torch.LongTensor` of shape `(batch,)`, or float `(batch, num_labels)`, *optional*):
+            class indices or soft targets (e.g. mixup) for the cross-entropy loss; float targets for
+            `problem_type="regression"` (MSE) or 0/1 targets for `"multi_label_classification"` (BCE).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.stretchysnake(
@@ -360,12 +407,15 @@ class StretchySnakeForVideoClassification(StretchySnakePreTrainedModel):
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float(), labels.to(logits.device))
+            loss = classification_loss(logits, labels, self.config)
         if not return_dict:
             output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
             return ((loss,) + output) if loss is not None else output
         return StretchySnakeVideoClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
+
+_AUTO_CLASSES = {"AutoModel": "StretchySnakeModel",
+                 "AutoModelForVideoClassification": "StretchySnakeForVideoClassification"}
 
 __all__ = [
     "StretchySnakeForVideoClassification",

@@ -195,7 +195,6 @@ def test_drop_path_only_in_training():
         ((1, 2, 1, 16, 16), ValueError, "channels"),
         ((1, 2, 16, 16, 3), ValueError, "channels"),
         ((1, 0, 3, 16, 16), ValueError, "empty"),
-        ((1, 2, 3, 30, 30), ValueError, "multiple of the base grid"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(model, shape, error, match):
@@ -203,17 +202,39 @@ def test_bad_inputs_raise_clear_errors(model, shape, error, match):
         model(torch.randn(*shape))
 
 
-def test_indivisible_explicit_patch_size_raises(model):
-    with pytest.raises(ValueError, match="not divisible by the patch size 5"):
-        model(torch.randn(1, 2, 3, 16, 16), patch_size=5)
+def test_bad_patch_size_and_input_types_raise(model):
+    with pytest.raises(ValueError, match="positive integer"):
+        model(torch.randn(1, 2, 3, 16, 16), patch_size=0)
     with pytest.raises(TypeError, match="torch.Tensor"):
         model([[1.0]])
+    with pytest.raises(TypeError, match="through StretchySnakeVideoProcessor"):
+        model(torch.zeros(1, 2, 3, 16, 16, dtype=torch.uint8))
+
+
+def test_indivisible_sides_are_zero_padded_bottom_right(model):
+    pixel_values = torch.randn(1, 2, 3, 13, 22)
+    padded = torch.nn.functional.pad(pixel_values, (0, 2, 0, 3))  # to 16 x 24
+    torch.testing.assert_close(model(pixel_values, patch_size=8).logits, model(padded, patch_size=8).logits)
+    # static tokens: patch = ceil(shorter side / base grid 4) = 4, grid ceil(13/4) x ceil(22/4) = 4 x 6
+    hidden = model.stretchysnake(pixel_values).last_hidden_state
+    assert hidden.shape[1] == 1 + 2 * 4 * 6
 
 
 def test_resolve_patch_size_static_tokens_uses_shorter_side():
     config = StretchySnakeConfig()  # 224 px, patch 16: base grid 14
     assert [resolve_patch_size(config, r, r) for r in (98, 126, 224, 392)] == [7, 9, 16, 28]
     assert resolve_patch_size(config, 112, 168) == 8
+    # shorter sides that are not a multiple of 14 round the patch up (the grid stays <= 14 along them)
+    assert [resolve_patch_size(config, h, w) for h, w in ((1, 1), (7, 9), (97, 131), (240, 320))] == [1, 1, 7, 18]
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (7, 9), (97, 131), (240, 320), (1080, 1920)])
+def test_any_frame_size_runs_with_the_default_scale_mode(height, width):
+    torch.manual_seed(0)
+    model = StretchySnakeForVideoClassification(small_config(image_size=224, patch_size=16)).eval()
+    with torch.inference_mode():
+        logits = model(torch.randn(1, 1, 3, height, width)).logits
+    assert logits.shape == (1, 3) and torch.isfinite(logits).all()
 
 
 def test_initialisation_follows_videomamba_and_mamba():
