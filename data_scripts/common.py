@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Iterable
 
 logger = logging.getLogger("stretchysnake.data_scripts")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".3gp",
+                    ".flv", ".wmv", ".ogv", ".vob")
 
 
 def read_lines(path: str | Path) -> list[str]:

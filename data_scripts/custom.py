@@ -3,9 +3,11 @@
     python data_scripts/custom.py --folder my_videos/ --test-fraction 0.2 --output manifests/mine
     python data_scripts/custom.py --list clips.csv --output manifests/mine
 
-Folder layout: my_videos/<class name>/<any name>.<mp4|avi|webm|mkv|mov>. List files: CSV with a header
+Folder layout: my_videos/<class name>/<any name>.<mp4|avi|webm|mkv|mov|mpg|ts|3gp|...> (common.VIDEO_EXTENSIONS). List files: CSV with a header
 (path,label[,start,end,split]) or a JSON list of such objects; paths relative to the list file; start/end in
-seconds; split defaults to train (or is drawn with --test-fraction). Labels are class names, indexed in sorted order.
+seconds; split defaults to train (or is drawn with --test-fraction). Labels are class names (surrounding spaces
+removed), indexed in sorted order. A row with an empty path or label, a non-numeric start/end, or an end not after
+its start is an error that names the row.
 """
 
 import csv
@@ -26,16 +28,40 @@ def entries_from_folder(folder: Path) -> list[dict]:
 
 
 def entries_from_list(path: Path) -> list[dict]:
-    if path.suffix.lower() == ".json":
-        entries = json.loads(path.read_text())
+    is_json = path.suffix.lower() == ".json"
+    if is_json:
+        raw = json.loads(path.read_text())
     else:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            entries = list(csv.DictReader(handle))
-    for entry in entries:
-        if "path" not in entry or "label" not in entry:
-            raise ValueError(f"{path}: every entry needs 'path' and 'label', got {entry}")
-        entry["path"] = str((path.parent / entry["path"]).resolve()) if not Path(entry["path"]).is_absolute() else entry["path"]
+            raw = list(csv.DictReader(handle))
+    entries = []
+    for number, entry in enumerate(raw, start=1 if is_json else 2):  # CSV rows counted as in a spreadsheet
+        entry = clean_entry(entry, f"{path}, {'entry' if is_json else 'row'} {number}")
+        if not Path(entry["path"]).is_absolute():
+            entry["path"] = str((path.parent / entry["path"]).resolve())
+        entries.append(entry)
     return entries
+
+
+def clean_entry(entry: dict, where: str) -> dict:
+    """Strip the text fields, parse start/end as seconds, and raise a ValueError naming `where` if a row is bad."""
+    entry = {key.strip() if isinstance(key, str) else key: value.strip() if isinstance(value, str) else value
+             for key, value in entry.items()}
+    for key in ("path", "label"):
+        if entry.get(key) in (None, ""):
+            raise ValueError(f"{where}: '{key}' is missing or empty in {entry}")
+    for key in ("start", "end"):
+        value = entry.get(key)
+        if value in (None, ""):
+            entry[key] = None
+            continue
+        try:
+            entry[key] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {key}={value!r} is not a number of seconds") from None
+    if entry["start"] is not None and entry["end"] is not None and entry["end"] <= entry["start"]:
+        raise ValueError(f"{where}: end={entry['end']} must be after start={entry['start']}")
+    return entry
 
 
 def build(entries: list[dict], output, test_fraction: float = 0.0, seed: int = 0, skip_missing=True):
@@ -44,10 +70,9 @@ def build(entries: list[dict], output, test_fraction: float = 0.0, seed: int = 0
     splits: dict[str, list[dict]] = {}
     for entry in entries:
         split = entry.get("split") or ("test" if rng.random() < test_fraction else "train")
-        start, end = entry.get("start") or None, entry.get("end") or None
         splits.setdefault(split, []).append(
-            row(entry["path"], names.index(str(entry["label"])), str(entry["label"]),
-                None if start is None else float(start), None if end is None else float(end), "seconds"))
+            row(entry["path"], names.index(str(entry["label"])), str(entry["label"]), entry.get("start"),
+                entry.get("end"), "seconds"))
     return save_manifest(splits, names, output, skip_missing)
 
 

@@ -9,6 +9,7 @@ their place so a batch keeps its size.
 from __future__ import annotations
 
 import collections
+import importlib
 import logging
 import math
 from dataclasses import dataclass
@@ -30,17 +31,38 @@ class VideoDecodeError(RuntimeError):
 
 def sample_frame_indices(total_frames: int, num_frames: int, start: int = 0, end: int | None = None) -> np.ndarray:
     """`num_frames` indices spread uniformly over [start, end) (np.linspace); short videos repeat frames."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if end is not None and start is not None and end <= start:
+        raise ValueError(f"the segment must end after it starts; got start={start}, end={end}")
     end = total_frames if end is None else min(int(end), total_frames)
-    start = max(0, min(int(start), end - 1))
-    if end <= 0 or end <= start:
-        raise VideoDecodeError(f"no frames in range [{start}, {end}) of a {total_frames}-frame video")
+    start = max(0, int(start or 0))
+    if total_frames <= 0:
+        raise VideoDecodeError("the video has no frames")
+    if start >= end:
+        raise VideoDecodeError(f"the segment [{start}, {end}) is past the end of a {total_frames}-frame video")
     return np.linspace(start, end - 1, num_frames).round().astype(np.int64)
 
 
-def _to_frame_range(start, end, time_unit: str, fps: float) -> tuple[int, int | None]:
+def segment_indices(times: np.ndarray, num_frames: int, start: float | None, end: float | None,
+                    time_unit: str) -> np.ndarray:
+    """Sampled indices into a video's frames, given every frame's presentation time in seconds (sorted).
+
+    Seconds ranges select the frames whose timestamps fall in [start, end), so variable-frame-rate files map
+    seconds to the right frames; frame ranges index the frames directly.
+    """
     if time_unit == "seconds":
-        return int(math.floor((start or 0) * fps)), (None if end is None else max(1, int(math.ceil(end * fps))))
-    return int(start or 0), (None if end is None else int(end))
+        if start is not None and end is not None and end <= start:
+            raise ValueError(f"the segment must end after it starts; got start={start} s, end={end} s")
+        first = int(np.searchsorted(times, start or 0.0, side="left"))
+        last = len(times) if end is None else int(np.searchsorted(times, end, side="left"))
+        if first >= len(times) or last <= first:
+            duration = times[-1] if len(times) else 0.0
+            raise VideoDecodeError(f"no frames in [{start or 0.0}, {end}) s of a video whose frames span "
+                                   f"0-{duration:.2f} s")
+        return sample_frame_indices(len(times), num_frames, first, last)
+    return sample_frame_indices(len(times), num_frames, None if start is None else int(start),
+                                None if end is None else int(end))
 
 
 def _output_size(width: int, height: int, resolution: int | None, resize: str) -> tuple[int, int]:
@@ -53,8 +75,14 @@ def _output_size(width: int, height: int, resolution: int | None, resize: str) -
     return max(resolution, round(width * scale)), max(resolution, round(height * scale))
 
 
+def import_decoder(name: str):
+    """Import an optional decoder module (decord or av) by name, so neither is a hard requirement of the code
+    that `trust_remote_code` loads (transformers scans saved code files for import statements)."""
+    return importlib.import_module(name)
+
+
 def _read_decord(path, num_frames, resolution, resize, start, end, time_unit):
-    import decord
+    decord = import_decoder("decord")
 
     if resolution is None:
         reader = decord.VideoReader(str(path), num_threads=1)
@@ -64,45 +92,62 @@ def _read_decord(path, num_frames, resolution, resize, start, end, time_unit):
         height, width = decord.VideoReader(str(path), num_threads=1)[0].shape[:2]
         out_width, out_height = _output_size(width, height, resolution, resize)
         reader = decord.VideoReader(str(path), width=out_width, height=out_height, num_threads=1)
-    first, last = _to_frame_range(start, end, time_unit, reader.get_avg_fps() or 30.0)
-    indices = sample_frame_indices(len(reader), num_frames, first, last)
+    if time_unit == "seconds":
+        times = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
+        times = times - times[0]
+    else:
+        times = np.arange(len(reader), dtype=np.float64)
+    indices = segment_indices(times, num_frames, start, end, time_unit)
     return reader.get_batch(indices.tolist()).asnumpy()
 
 
+# Sampled frames further apart than this are reached by seeking to the keyframe before them instead of decoding
+# every frame in between: long videos (Breakfast, COIN) cost per sampled frame, not per frame of the file.
+SEEK_GAP_SECONDS = 2.0
+
+
 def _read_pyav(path, num_frames, resolution, resize, start, end, time_unit):
-    import av
+    av = import_decoder("av")
 
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise VideoDecodeError(f"{path} has no video stream")
         stream = container.streams.video[0]
-        fps = float(stream.average_rate or 30.0)
         out_width, out_height = _output_size(stream.codec_context.width, stream.codec_context.height, resolution, resize)
-        first, last = _to_frame_range(start, end, time_unit, fps)
-
-        def convert(frame):
-            return frame.to_ndarray(format="rgb24", width=out_width, height=out_height)
-
-        if stream.frames > 0:
-            # The container knows its length: convert only the sampled frames and stop after the last one.
-            indices = sample_frame_indices(stream.frames, num_frames, first, last)
-            wanted, kept = set(indices.tolist()), {}
-            for i, frame in enumerate(container.decode(stream)):
-                if i in wanted:
-                    kept[i] = convert(frame)
-                if i >= indices[-1]:
+        # Every frame's presentation time from the packets alone (no decoding): the frame count and, for seconds
+        # ranges, the true timestamps of variable-frame-rate files.
+        pts = np.sort(np.array([packet.pts for packet in container.demux(stream) if packet.pts is not None],
+                               dtype=np.int64))
+        if len(pts) == 0:
+            raise VideoDecodeError(f"{path} has no video frames")
+        time_base = float(stream.time_base)
+        indices = segment_indices((pts - pts[0]) * time_base, num_frames, start, end, time_unit)
+        targets = sorted(set(pts[indices].tolist()))
+        seek_gap = SEEK_GAP_SECONDS / time_base
+        kept, frame, frames = {}, None, None
+        for target in targets:
+            if frames is None or frame is None or target - frame.pts > seek_gap:
+                container.seek(int(target), stream=stream, backward=True)
+                frames, frame = container.decode(stream), None
+            while frame is None or frame.pts is None or frame.pts < target:
+                frame = next(frames, None)
+                if frame is None:
                     break
-            if len(kept) == len(wanted):
-                return np.stack([kept[i] for i in indices])
-            container.seek(0)  # the reported length was wrong: decode everything below
-        frames = [convert(frame) for frame in container.decode(stream)]
-    indices = sample_frame_indices(len(frames), num_frames, first, last)
-    return np.stack([frames[i] for i in indices])
+            if frame is None:  # the stream ended early (a truncated file): stop at what was decoded
+                break
+            kept[target] = frame.to_ndarray(format="rgb24", width=out_width, height=out_height)
+    if not kept:
+        raise VideoDecodeError(f"{path}: no frame could be decoded")
+    if len(kept) < len(targets):
+        logger.warning("%s ends after %d of %d sampled frames (truncated?); repeating its last decoded frame",
+                       path, len(kept), len(targets))
+    last = kept[max(kept)]
+    return np.stack([kept.get(t, last) for t in pts[indices].tolist()])
 
 
 def _decord_available() -> bool:
     try:
-        import decord  # noqa: F401
+        import_decoder("decord")
     except Exception:
         return False
     return True
@@ -130,6 +175,10 @@ def read_video(
         raise ValueError(f"resize must be 'squash' or 'shortest', got {resize!r}")
     if time_unit not in ("frames", "seconds"):
         raise ValueError(f"time_unit must be 'frames' or 'seconds', got {time_unit!r}")
+    if num_frames < 1 or (resolution is not None and resolution < 1):
+        raise ValueError(f"num_frames and resolution must be >= 1; got {num_frames} frames at {resolution} px")
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"the segment must end after it starts; got start={start}, end={end} ({time_unit})")
     readers = []
     if backend in ("auto", "decord") and _decord_available():
         readers.append(_read_decord)
@@ -273,18 +322,23 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key) -> dict[str, Any]:
         index, frames, resolution, patch_size = key
+        error = None
         for attempt in range(self.max_replacements + 1):
             candidate = (index + attempt) % len(self)
             try:
                 pixel_values = self.load(candidate, frames, resolution)
-            except VideoDecodeError as error:
+            except VideoDecodeError as decode_error:
+                error = decode_error
                 path = str(self.row(candidate)["video"])
                 self.failures[path] += 1
                 logger.warning("skipping unreadable video (%d skipped so far): %s", len(self.failures), error)
                 continue
             return {"pixel_values": pixel_values, "labels": int(self.row(candidate)["label"]),
                     "patch_size": patch_size, "index": candidate}
-        raise VideoDecodeError(f"{self.max_replacements + 1} videos in a row from index {index} are unreadable")
+        raise VideoDecodeError(
+            f"{self.max_replacements + 1} videos in a row from index {index} of {len(self)} are unreadable, the last "
+            f"one with: {error}. Check the manifest's paths and that a decoder (decord or PyAV) can read these files"
+        )
 
 
 def collate_clips(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -70,7 +70,15 @@ class StretchySnakeVideoProcessor(BaseVideoProcessor):
                        num_crops: int = 1) -> torch.Tensor:
         """(T, H, W, C) frames -> normalised float (T, 3, R, R): squash (training) or resize + crop (eval)."""
         video = _frames_to_tensor(frames)
-        video = video.float() / 255.0 if video.dtype == torch.uint8 else video.float()
+        if video.is_floating_point():
+            if video.numel() and video.max() > 1.0 + 1e-3:
+                raise ValueError(
+                    f"float frames must hold values in [0, 1], got a maximum of {video.max().item():.4g}; pass 0..255 "
+                    "frames as uint8 (they are rescaled) or divide float frames by 255"
+                )
+            video = video.float()
+        else:
+            video = video.float() / 255.0
         height, width = video.shape[-2:]
         if training:
             if (height, width) != (resolution, resolution):
@@ -93,9 +101,12 @@ class StretchySnakeVideoProcessor(BaseVideoProcessor):
         return ((video.clamp(0, 1) - mean) / std).contiguous()
 
     def _load(self, video, frames: int, resolution: int, training: bool, start, end, time_unit):
-        if isinstance(video, (str, bytes)) or hasattr(video, "__fspath__"):
+        if _is_path(video):
             return read_video(video, frames, resolution, "squash" if training else "shortest", start, end, time_unit,
                               self.decoder)
+        if time_unit == "seconds" and (start is not None or end is not None):
+            raise ValueError("a seconds range needs a video file (an array has no frame rate); give an array's "
+                             "segment in frames (time_unit='frames')")
         stacked = _frames_to_tensor(video)
         indices = sample_frame_indices(stacked.shape[0], frames, int(start or 0), None if end is None else int(end))
         return stacked[torch.as_tensor(indices)]
@@ -110,16 +121,32 @@ class StretchySnakeVideoProcessor(BaseVideoProcessor):
         start/end segment) applies to files and arrays alike; `do_sample_frames=False` keeps an array's frames.
         """
         frames, size = scale if scale is not None else (num_frames or self.num_frames, resolution or self.resolution)
-        if isinstance(videos, (str, bytes)) or hasattr(videos, "__fspath__") or _is_single_array_video(videos):
+        check_scale(frames, size)
+        if _is_path(videos) or _is_single_array_video(videos):
             videos = [videos]
         clips = []
         for video in videos:
-            if do_sample_frames is False and not isinstance(video, (str, bytes)):
+            if do_sample_frames is False:
+                if _is_path(video):
+                    raise ValueError("do_sample_frames=False keeps an array's own frames; a video file is always "
+                                     "sampled (set num_frames, or decode it yourself and pass the array)")
                 raw = _frames_to_tensor(video)
             else:
                 raw = self._load(video, frames, size, training, start, end, time_unit)
             clips.append(self.prepare_frames(raw, size, training=training))
         return BatchFeature(data={"pixel_values": torch.stack(clips)}, tensor_type=return_tensors)
+
+
+def check_scale(frames, resolution) -> None:
+    """Raise a ValueError that says what is expected unless frames and resolution are integers >= 1."""
+    for name, value in (("frames", frames), ("resolution", resolution)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1 (a scale is (frames, resolution), e.g. (8, 224)); "
+                             f"got {value!r}")
+
+
+def _is_path(video) -> bool:
+    return isinstance(video, (str, bytes)) or hasattr(video, "__fspath__")
 
 
 def _is_single_array_video(videos) -> bool:

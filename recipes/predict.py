@@ -33,14 +33,17 @@ def main(argv=None):
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("--pipeline", action="store_true", help="run through transformers.pipeline")
     args = parser.parse_args(argv)
+    for name in ("frames", "resolution", "top_k"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1 (a scale is frames x resolution, e.g. --frames 16 --resolution 112)")
 
     model = StretchySnakeForVideoClassification.from_pretrained(args.model).eval()
     try:
         processor = StretchySnakeVideoProcessor.from_pretrained(args.model)
     except OSError:  # a folder without a saved processor (e.g. a converted checkpoint)
         processor = StretchySnakeVideoProcessor(num_frames=model.config.num_frames, resolution=model.config.image_size)
-    frames = args.frames or processor.num_frames
-    resolution = args.resolution or processor.resolution
+    frames = processor.num_frames if args.frames is None else args.frames
+    resolution = processor.resolution if args.resolution is None else args.resolution
     if args.pipeline:
         from transformers import pipeline
 
