@@ -208,6 +208,13 @@ class StretchySnakeTrainer(Trainer):
         model.train(was_training)
         return np.stack([merged[i][0] for i in order]), np.array([merged[i][1] for i in order])
 
+    def unreadable_videos(self, *datasets: VideoClipDataset) -> list[str]:
+        """The distinct files any process failed to decode in `datasets` (collective: every process calls it)."""
+        from accelerate.utils import gather_object
+
+        local = sorted(set().union(*(dataset.failures for dataset in datasets)))
+        return sorted(set(gather_object(local)))
+
     def evaluate_scales(self, dataset: VideoClipDataset | None = None,
                         scales: Sequence[Scale] | None = None) -> dict[Scale, dict[str, float]]:
         dataset = dataset if dataset is not None else self.eval_dataset
@@ -229,7 +236,7 @@ class StretchySnakeTrainer(Trainer):
         for name in next(iter(results.values()), {}):
             metrics[f"{metric_key_prefix}_{name}_grid_mean"] = float(np.mean([v[name] for v in results.values()]))
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        metrics[f"{metric_key_prefix}_skipped_videos"] = float(sum(dataset.failures.values()))
+        metrics[f"{metric_key_prefix}_skipped_videos"] = float(len(self.unreadable_videos(dataset)))
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         self.last_scale_results = results

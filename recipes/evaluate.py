@@ -21,7 +21,7 @@ from datasets import load_from_disk
 from transformers import TrainingArguments
 
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
-from modeling_stretchysnake.data import VideoClipDataset
+from modeling_stretchysnake.data import VideoClipDataset, VideoDecodeError
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
 from modeling_stretchysnake.probes import probe_scores
 from modeling_stretchysnake.reporting import format_table, write_results
@@ -60,17 +60,23 @@ def main(argv=None):
         eval_dataset=test_set, scale_sampler=ScaleSampler("static_tokens"), eval_scales=scales,
         eval_views=(args.clips, args.crops),
     )
-    results = trainer.evaluate_scales()
-    if args.probes:
-        train_set = VideoClipDataset(manifest[args.probe_train_split], processor, training=False, decoder=args.decoder)
-        for scale in scales:
-            results[scale].update(probe_scores(model, train_set, test_set, scale, model.config.num_labels,
-                                               args.batch_size, trainer.args.device))
+    try:
+        results = trainer.evaluate_scales()
+        if args.probes:
+            train_set = VideoClipDataset(manifest[args.probe_train_split], processor, training=False,
+                                         decoder=args.decoder)
+            for scale in scales:
+                results[scale].update(probe_scores(model, train_set, test_set, scale, model.config.num_labels,
+                                                   args.batch_size, trainer.args.device))
+    except VideoDecodeError as error:
+        raise SystemExit(f"evaluate.py: cannot evaluate {args.manifest} [{args.split}]: {error}") from None
+    unreadable = trainer.unreadable_videos(test_set)
     if not trainer.is_world_process_zero():
         return results
     paths = write_results(results, args.output_dir, title=f"{Path(args.model).name}: top-1 (%)")
     print(f"\n{len(test_set)} videos of {args.manifest} [{args.split}], {args.clips} clip(s) x {args.crops} crop(s); "
-          f"skipped unreadable: {sum(test_set.failures.values())}\nresults: {paths['csv']}, heatmap: {paths['png']}")
+          f"unreadable videos skipped: {len(unreadable)} distinct file(s) (all processes)"
+          + (f": {unreadable}" if unreadable else "") + f"\nresults: {paths['csv']}, heatmap: {paths['png']}")
     for metric in ("top1", "mean_class_acc") + (("knn_top1", "linear_probe_top1") if args.probes else ()):
         print(f"\n{format_table(results, metric)}")
     return results

@@ -200,15 +200,16 @@ def main(argv: list[str] | None = None) -> dict:
         fixed_trainer, _ = train_and_evaluate(args, fixed_args, fixed_model, fixed_sampler, eval_scales, processor,
                                               train_set, eval_set)
         runs[f"fixed {fixed[0]}x{fixed[1]}"] = (fixed_trainer, fixed_trainer.last_scale_results)
+    unreadable = trainer.unreadable_videos(train_set, eval_set)  # collective: every process takes part
     if trainer.is_world_process_zero():
         results = trainer.last_scale_results
         paths = write_results(results, output_dir, title=f"{args.variant}: top-1 (%)")
         plot_training_curves({name: run[0].state.log_history for name, run in runs.items()},
                              output_dir / "training_curve.png")
-        skipped = sum(train_set.failures.values()) + sum(eval_set.failures.values())
         print(f"\nsaved model: {output_dir / 'final'}\nresults: {paths['csv']}, heatmap: {paths['png']}, "
               f"loss curves: {output_dir / 'training_curve.png'}")
-        print(f"unreadable videos skipped: {skipped}" + (f" ({sorted(set(train_set.failures) | set(eval_set.failures))})" if skipped else ""))
+        print(f"unreadable videos skipped: {len(unreadable)} distinct file(s) over all processes"
+              + (f": {unreadable}" if unreadable else ""))
         for name, (_, grid_results) in runs.items():
             print(f"\ntop-1 accuracy (%) over frames x resolution, {name}, chance {100 / len(label_names):.1f}%:\n"
                   f"{format_table(grid_results)}")
