@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:
+#   make demo   # set up .venv if needed, then run the main job (accelerate launch recipes/train.py)
+#   make test   # set up .venv if needed, then run the test suite
+# Set-up runs once: it is redone only when pyproject.toml changes (or after `make clean-venv`).
+# Overrides: PYTHON=python3.12, VENV=path, CPU_TORCH="torch==2.13.0", CUDA_TORCH="torch".
+
+PYTHON ?= python3
+VENV ?= .venv
+CPU_TORCH ?= torch==2.13.0
+CUDA_TORCH ?= torch
+TEST_COMMAND = python -m pytest -q tests
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stretchysnake-installed
+
+.PHONY: demo test venv clean-venv
+
+demo: $(STAMP)
+	$(BIN)/accelerate launch recipes/train.py
+
+test: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(TEST_COMMAND)
+
+venv: $(STAMP)
+
+# torch goes in first and on its own: a bare `torch` requirement from pip would pull the multi-GB CUDA build on
+# a machine without a GPU. An existing torch is kept, so a second run installs nothing new.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		if nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install --quiet "$(CUDA_TORCH)"; \
+		else $(BIN)/python -m pip install --quiet "$(CPU_TORCH)"; fi
+	$(BIN)/python -m pip install --quiet -e ".[test,video]"
+	$(BIN)/python -c "import torch, transformers, modeling_stretchysnake; \
+		print('set up $(VENV): torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+clean-venv:
+	rm -rf $(VENV)
