@@ -51,9 +51,17 @@ RUNS = {
     "ours_task_easy": {"task": "easy"},
     "ours_task_easy_pos_sincos": {"task": "easy", "pos_init": "sincos"},
     "videomae_task_easy": {"model": "videomae", "task": "easy"},
+    "ours_easy_sincos_lr_3e-3": {"task": "easy", "pos_init": "sincos", "lr": 3e-3},
+    "ours_easy_sincos_lr_5e-3": {"task": "easy", "pos_init": "sincos", "lr": 5e-3},
+    "ours_easy_sincos_dt_max_0.01": {"task": "easy", "pos_init": "sincos", "dt_max": 0.01},
+    "ours_easy_sincos_grid_4": {"task": "easy", "pos_init": "sincos", "grid": 4},
+    "videomae_easy_grid_4": {"model": "videomae", "task": "easy", "grid": 4},
+    "ours_easy_sincos_depth_8_width_64": {"task": "easy", "pos_init": "sincos", "depth": 8, "width": 64},
+    "ours_easy_sincos_temporal_sincos": {"task": "easy", "pos_init": "sincos", "temporal_init": "sincos"},
 }
 BASELINE = {"model": "stretchysnake", "lr": 1e-3, "warmup": 20, "pooling": "cls", "dt_init": "mamba",
-            "temporal_init": "zeros", "pos_init": "trunc_normal", "drop_path": 0.0, "task": "default"}
+            "temporal_init": "zeros", "pos_init": "trunc_normal", "drop_path": 0.0, "task": "default",
+            "width": WIDTH, "depth": DEPTH, "grid": GRID, "dt_max": 0.1}
 
 
 def decoded_clips(task: str, args) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -80,7 +88,8 @@ def decoded_clips(task: str, args) -> dict[str, tuple[torch.Tensor, torch.Tensor
 
 def build(settings: dict, args, num_labels: int) -> torch.nn.Module:
     torch.manual_seed(args.seed)
-    patch = args.resolution // GRID
+    grid = settings["grid"]
+    patch = args.resolution // grid
     if settings["model"] == "videomae":
         from transformers import VideoMAEConfig, VideoMAEForVideoClassification
 
@@ -91,7 +100,8 @@ def build(settings: dict, args, num_labels: int) -> torch.nn.Module:
         return VideoMAEForVideoClassification(config)
     from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeForVideoClassification
 
-    config = StretchySnakeConfig(hidden_size=WIDTH, num_hidden_layers=DEPTH, image_size=GRID * 16, patch_size=16,
+    config = StretchySnakeConfig(hidden_size=settings["width"], num_hidden_layers=settings["depth"], image_size=grid * 16, patch_size=16,
+                                 time_step_max=settings["dt_max"],
                                  num_frames=args.frames, num_labels=num_labels, drop_path_rate=settings["drop_path"],
                                  pooling=settings["pooling"], position_embedding_init=settings["pos_init"])
     model = StretchySnakeForVideoClassification(config)
@@ -101,9 +111,19 @@ def build(settings: dict, args, num_labels: int) -> torch.nn.Module:
                 for dt_proj in (layer.mixer.dt_proj, layer.mixer.dt_proj_b):
                     torch.nn.init.trunc_normal_(dt_proj.weight, std=0.02)
                     torch.nn.init.zeros_(dt_proj.bias)
+        temporal = model.stretchysnake.embeddings.temporal_position_embeddings
         if settings["temporal_init"] == "trunc_normal":
-            torch.nn.init.trunc_normal_(model.stretchysnake.embeddings.temporal_position_embeddings, std=0.02)
+            torch.nn.init.trunc_normal_(temporal, std=0.02)
+        elif settings["temporal_init"] == "sincos":  # 1-D sin-cos over frames, amplitude 1 (as the spatial table)
+            temporal.copy_(sincos_table_1d(temporal.shape[1], temporal.shape[2]).unsqueeze(0))
     return model
+
+
+def sincos_table_1d(length: int, dim: int) -> torch.Tensor:
+    half = dim // 2
+    frequencies = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float32) / max(half, 1))
+    angles = torch.arange(length, dtype=torch.float32).reshape(-1, 1) * frequencies
+    return torch.nn.functional.pad(torch.cat([angles.sin(), angles.cos()], dim=1), (0, dim - 2 * half))
 
 
 def optimizer_for(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
