@@ -21,8 +21,18 @@ machine, then loaded from numba's cache).
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import numpy as np
+import torch
+
+if "numba" not in sys.modules:
+    # numba's OpenMP pool starts one thread per core, and its idle threads spin. Where a launcher gives each of N
+    # processes fewer threads (torchrun and accelerate set OMP_NUM_THREADS=1), a per-core pool in every process
+    # oversubscribes the cores: 2 processes on 2 cores trained 10x slower (bench/RESULTS.md). The pool is sized
+    # from torch's thread count when numba is first imported; NUMBA_NUM_THREADS set by the user wins.
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(max(1, torch.get_num_threads())))
 
 try:  # transformers' remote-code import check skips try blocks: numba stays optional for Hub users
     import numba

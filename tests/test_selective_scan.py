@@ -295,3 +295,26 @@ def test_triton_kernels_match_the_reference_under_the_interpreter():
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0 and "triton ok" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("env,expected", [({"OMP_NUM_THREADS": "1"}, "pool 1 torch 1"),
+                                          ({"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}, "pool 2")],
+                         ids=["follows-torch", "user-setting-wins"])
+def test_numba_pool_is_sized_by_torch_threads(env, expected):
+    """Launchers give each process OMP_NUM_THREADS=1; a per-core numba pool in each process oversubscribes the
+    cores (and its start raised torch's own thread count too): measured 10x slower with 2 processes on 2 cores.
+    The pool follows torch's thread count unless NUMBA_NUM_THREADS is set."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from modeling_stretchysnake.selective_scan_fused import numba_available
+        assert numba_available()
+        import numba
+        print("pool", numba.config.NUMBA_NUM_THREADS, "torch", torch.get_num_threads())
+        """
+    )
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-c", script], env={**base, "PYTHONPATH": str(ROOT), **env},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert expected in result.stdout, result.stdout
