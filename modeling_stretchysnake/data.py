@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .scales import Scale, ScaleSampler
 
@@ -84,21 +85,37 @@ def import_decoder(name: str):
 def _read_decord(path, num_frames, resolution, resize, start, end, time_unit):
     decord = import_decoder("decord")
 
-    if resolution is None:
-        reader = decord.VideoReader(str(path), num_threads=1)
-    elif resize == "squash":  # the output size is known: no need to probe the frame size
-        reader = decord.VideoReader(str(path), width=resolution, height=resolution, num_threads=1)
-    else:
-        height, width = decord.VideoReader(str(path), num_threads=1)[0].shape[:2]
-        out_width, out_height = _output_size(width, height, resolution, resize)
-        reader = decord.VideoReader(str(path), width=out_width, height=out_height, num_threads=1)
+    native, size = None, None  # size: (width, height) to decode at, None for the native size
+    if resolution is not None and resize == "squash":  # the output size is known: no need to probe the frame size
+        size = (resolution, resolution)
+    elif resolution is not None:
+        native = decord.VideoReader(str(path), num_threads=1)
+        height, width = native[0].shape[:2]
+        size = _output_size(width, height, resolution, resize)
+    reader = decord.VideoReader(str(path), num_threads=1, **({"width": size[0], "height": size[1]} if size else {}))
     if time_unit == "seconds":
         times = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
         times = times - times[0]
     else:
         times = np.arange(len(reader), dtype=np.float64)
-    indices = segment_indices(times, num_frames, start, end, time_unit)
-    return reader.get_batch(indices.tolist()).asnumpy()
+    indices = segment_indices(times, num_frames, start, end, time_unit).tolist()
+    try:
+        frames = reader.get_batch(indices).asnumpy()
+    except decord.DECORDError:
+        frames = None
+    if size is not None and (frames is None or frames.shape[1:] != (size[1], size[0], 3)):
+        # decord's own resize garbles or refuses rotated (phone) videos, whose native frames it does turn upright:
+        # decode those at full size and resize here.
+        native = native or decord.VideoReader(str(path), num_threads=1)
+        frames = resize_frames(native.get_batch(indices).asnumpy(), size)
+    return frames
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, height, width, 3) uint8 for size = (width, height): bilinear with antialias."""
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    video = F.interpolate(video, size=(size[1], size[0]), mode="bilinear", align_corners=False, antialias=True)
+    return video.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 # Sampled frames further apart than this are reached by seeking to the keyframe before them instead of decoding
@@ -113,7 +130,6 @@ def _read_pyav(path, num_frames, resolution, resize, start, end, time_unit):
         if not container.streams.video:
             raise VideoDecodeError(f"{path} has no video stream")
         stream = container.streams.video[0]
-        out_width, out_height = _output_size(stream.codec_context.width, stream.codec_context.height, resolution, resize)
         # Every frame's presentation time from the packets alone (no decoding): the frame count and, for seconds
         # ranges, the true timestamps of variable-frame-rate files.
         pts = np.sort(np.array([packet.pts for packet in container.demux(stream) if packet.pts is not None],
@@ -124,7 +140,7 @@ def _read_pyav(path, num_frames, resolution, resize, start, end, time_unit):
         indices = segment_indices((pts - pts[0]) * time_base, num_frames, start, end, time_unit)
         targets = sorted(set(pts[indices].tolist()))
         seek_gap = SEEK_GAP_SECONDS / time_base
-        kept, frame, frames = {}, None, None
+        kept, frame, frames, size = {}, None, None, None
         for target in targets:
             if frames is None or frame is None or target - frame.pts > seek_gap:
                 container.seek(int(target), stream=stream, backward=True)
@@ -135,7 +151,9 @@ def _read_pyav(path, num_frames, resolution, resize, start, end, time_unit):
                     break
             if frame is None:  # the stream ended early (a truncated file): stop at what was decoded
                 break
-            kept[target] = frame.to_ndarray(format="rgb24", width=out_width, height=out_height)
+            if size is None:
+                size = _pyav_decode_size(frame, resolution, resize)
+            kept[target] = _upright(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]), frame.rotation)
     if not kept:
         raise VideoDecodeError(f"{path}: no frame could be decoded")
     if len(kept) < len(targets):
@@ -143,6 +161,25 @@ def _read_pyav(path, num_frames, resolution, resize, start, end, time_unit):
                        path, len(kept), len(targets))
     last = kept[max(kept)]
     return np.stack([kept.get(t, last) for t in pts[indices].tolist()])
+
+
+def _quarter_turns(rotation) -> int:
+    """Counter-clockwise quarter turns that show a frame upright, from its display-matrix rotation in degrees."""
+    return round((rotation or 0) / 90) % 4
+
+
+def _pyav_decode_size(frame, resolution: int | None, resize: str) -> tuple[int, int]:
+    """(width, height) to convert a coded frame to, so that after its display rotation it has the output size."""
+    turned = _quarter_turns(frame.rotation) % 2 == 1
+    width, height = (frame.height, frame.width) if turned else (frame.width, frame.height)  # as displayed
+    out_width, out_height = _output_size(width, height, resolution, resize)
+    return (out_height, out_width) if turned else (out_width, out_height)
+
+
+def _upright(image: np.ndarray, rotation) -> np.ndarray:
+    """Apply a stream's display rotation (phone videos carry one), as players and decord do."""
+    turns = _quarter_turns(rotation)
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def _decord_available() -> bool:

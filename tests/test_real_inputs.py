@@ -184,3 +184,53 @@ def test_evaluate_counts_each_unreadable_file_once(tmp_path, ramp_video, capsys)
     broken.write_bytes(b"")
     evaluate_recipe.main(make_manifest(tmp_path, [ramp_video, broken, ramp_video]))  # 2 scales: 2 skip events
     assert "unreadable videos skipped: 1 distinct file(s)" in capsys.readouterr().out
+
+
+# ----- display rotation (phone videos) -----
+
+def write_rotated_video(path: Path, frames: np.ndarray, degrees: int) -> Path:
+    """Frames stored as given, with a display matrix asking players to turn them `degrees` counter-clockwise."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=6)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.set_display_rotation(degrees)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rotated_video(tmp_path_factory):
+    """A 48 x 32 (w x h) landscape recording shown as a 32 x 48 portrait: a white block stored top-left shows
+    bottom-left after the 90 degree counter-clockwise turn."""
+    frames = np.full((6, 32, 48, 3), 40, np.uint8)
+    frames[:, :12, :12] = 255
+    upright = np.ascontiguousarray(np.rot90(frames, 1, axes=(1, 2)))
+    return write_rotated_video(tmp_path_factory.mktemp("rotated") / "phone.mp4", frames, 90), upright
+
+
+@pytest.mark.parametrize("backend", ["auto"] + BACKENDS)
+@pytest.mark.parametrize("resolution,resize,shape", [(None, "squash", (48, 32)), (16, "shortest", (24, 16)),
+                                                     (16, "squash", (16, 16))])
+def test_display_rotation_is_applied(rotated_video, backend, resolution, resize, shape):
+    video, upright = rotated_video
+    decoded = read_video(video, 3, resolution, resize, backend=backend)
+    assert decoded.shape == (3, *shape, 3)
+    expected = torch.nn.functional.interpolate(torch.as_tensor(upright[:3]).permute(0, 3, 1, 2).float(), size=shape,
+                                               mode="area").permute(0, 2, 3, 1).numpy()
+    assert np.abs(decoded.astype(np.float32) - expected).mean() < 12  # codec and resize differences only
+
+
+def test_processor_output_follows_the_displayed_orientation(rotated_video):
+    video, upright = rotated_video
+    processor = StretchySnakeVideoProcessor(num_frames=2, resolution=16)
+    pixel_values = processor(str(video))["pixel_values"]  # shortest side 16, centre crop of the 24 x 16 portrait
+    bright = pixel_values[0, 0].mean(0) > 0  # above the mean colour: the white block
+    rows, cols = torch.nonzero(bright, as_tuple=True)
+    assert rows.float().mean() > 8 and cols.float().mean() < 8  # lower left, as shown upright
