@@ -15,6 +15,7 @@ from .modeling_stretchysnake import (
     StretchySnakePreTrainedModel,
     StretchySnakeVideoClassifierOutput,
 )
+from .pipeline_stretchysnake import StretchySnakeVideoClassificationPipeline
 from .scales import VARIANTS, Scale, ScaleSampler
 from .selective_scan import (
     selective_scan,
@@ -50,6 +51,7 @@ __all__ = [
     "StretchySnakeModelOutput",
     "StretchySnakePreTrainedModel",
     "StretchySnakeVideoClassifierOutput",
+    "StretchySnakeVideoClassificationPipeline",
     "StretchySnakeVideoProcessor",
     "selective_scan",
     "selective_scan_chunked",

@@ -30,10 +30,17 @@ class VideoDecodeError(RuntimeError):
     """A video file is missing, empty, truncated or otherwise unreadable."""
 
 
-def sample_frame_indices(total_frames: int, num_frames: int, start: int = 0, end: int | None = None) -> np.ndarray:
-    """`num_frames` indices spread uniformly over [start, end) (np.linspace); short videos repeat frames."""
+def sample_frame_indices(total_frames: int, num_frames: int, start: int = 0, end: int | None = None,
+                         stride: int | None = None) -> np.ndarray:
+    """`num_frames` indices spread uniformly over [start, end) (np.linspace); short videos repeat frames.
+
+    With `stride` (transformers' `frame_sampling_rate`), frames `stride` apart from `start` instead, the last one
+    repeated where the segment ends first.
+    """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if stride is not None and (isinstance(stride, bool) or int(stride) != stride or stride < 1):
+        raise ValueError(f"frame_sampling_rate must be an integer >= 1, got {stride!r}")
     if end is not None and start is not None and end <= start:
         raise ValueError(f"the segment must end after it starts; got start={start}, end={end}")
     end = total_frames if end is None else min(int(end), total_frames)
@@ -42,11 +49,13 @@ def sample_frame_indices(total_frames: int, num_frames: int, start: int = 0, end
         raise VideoDecodeError("the video has no frames")
     if start >= end:
         raise VideoDecodeError(f"the segment [{start}, {end}) is past the end of a {total_frames}-frame video")
+    if stride is not None:
+        return np.minimum(start + np.arange(num_frames, dtype=np.int64) * int(stride), end - 1)
     return np.linspace(start, end - 1, num_frames).round().astype(np.int64)
 
 
 def segment_indices(times: np.ndarray, num_frames: int, start: float | None, end: float | None,
-                    time_unit: str) -> np.ndarray:
+                    time_unit: str, stride: int | None = None) -> np.ndarray:
     """Sampled indices into a video's frames, given every frame's presentation time in seconds (sorted).
 
     Seconds ranges select the frames whose timestamps fall in [start, end), so variable-frame-rate files map
@@ -61,9 +70,9 @@ def segment_indices(times: np.ndarray, num_frames: int, start: float | None, end
             duration = times[-1] if len(times) else 0.0
             raise VideoDecodeError(f"no frames in [{start or 0.0}, {end}) s of a video whose frames span "
                                    f"0-{duration:.2f} s")
-        return sample_frame_indices(len(times), num_frames, first, last)
+        return sample_frame_indices(len(times), num_frames, first, last, stride)
     return sample_frame_indices(len(times), num_frames, None if start is None else int(start),
-                                None if end is None else int(end))
+                                None if end is None else int(end), stride)
 
 
 def _output_size(width: int, height: int, resolution: int | None, resize: str) -> tuple[int, int]:
@@ -82,7 +91,7 @@ def import_decoder(name: str):
     return importlib.import_module(name)
 
 
-def _read_decord(path, num_frames, resolution, resize, start, end, time_unit):
+def _read_decord(path, num_frames, resolution, resize, start, end, time_unit, stride):
     decord = import_decoder("decord")
 
     native, size = None, None  # size: (width, height) to decode at, None for the native size
@@ -98,7 +107,7 @@ def _read_decord(path, num_frames, resolution, resize, start, end, time_unit):
         times = times - times[0]
     else:
         times = np.arange(len(reader), dtype=np.float64)
-    indices = segment_indices(times, num_frames, start, end, time_unit).tolist()
+    indices = segment_indices(times, num_frames, start, end, time_unit, stride).tolist()
     try:
         frames = reader.get_batch(indices).asnumpy()
     except decord.DECORDError:
@@ -123,7 +132,7 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 SEEK_GAP_SECONDS = 2.0
 
 
-def _read_pyav(path, num_frames, resolution, resize, start, end, time_unit):
+def _read_pyav(path, num_frames, resolution, resize, start, end, time_unit, stride):
     av = import_decoder("av")
 
     with av.open(str(path)) as container:
@@ -137,7 +146,7 @@ def _read_pyav(path, num_frames, resolution, resize, start, end, time_unit):
         if len(pts) == 0:
             raise VideoDecodeError(f"{path} has no video frames")
         time_base = float(stream.time_base)
-        indices = segment_indices((pts - pts[0]) * time_base, num_frames, start, end, time_unit)
+        indices = segment_indices((pts - pts[0]) * time_base, num_frames, start, end, time_unit, stride)
         targets = sorted(set(pts[indices].tolist()))
         seek_gap = SEEK_GAP_SECONDS / time_base
         kept, frame, frames, size = {}, None, None, None
@@ -199,12 +208,14 @@ def read_video(
     end: float | None = None,
     time_unit: str = "frames",
     backend: str = "auto",
+    frame_sampling_rate: int | None = None,
 ) -> np.ndarray:
     """Decode `num_frames` uniformly spaced RGB frames, (T, H, W, 3) uint8, already at the requested scale.
 
     resize: 'squash' decodes at resolution x resolution (flexible training); 'shortest' keeps the aspect ratio
     with the shorter side at `resolution` (evaluation, before a crop). start/end bound a segment, in frames or
-    seconds. Raises VideoDecodeError for unreadable files.
+    seconds. `frame_sampling_rate` takes frames that many apart from the segment start instead of spreading them
+    over the segment. Raises VideoDecodeError for unreadable files.
     """
     if backend not in DECODER_BACKENDS:
         raise ValueError(f"decoder backend must be one of {DECODER_BACKENDS}, got {backend!r}")
@@ -226,7 +237,7 @@ def read_video(
     errors = []
     for reader in readers:
         try:
-            frames = reader(path, num_frames, resolution, resize, start, end, time_unit)
+            frames = reader(path, num_frames, resolution, resize, start, end, time_unit, frame_sampling_rate)
         except Exception as error:  # decoders raise many types for missing, empty or broken files
             errors.append(f"{reader.__name__[6:]}: {type(error).__name__}: {error}")
             continue

@@ -226,11 +226,16 @@ class StretchySnakePreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # A saved folder loads through every Auto class without the package (trust_remote_code): features through
-        # AutoModel, the classifier through AutoModelForVideoClassification, whichever class was saved.
+        # AutoModel, the classifier through AutoModelForVideoClassification, whichever class was saved; a
+        # classifier also names its pipeline class (this relative import makes transformers save that file too).
         if self._auto_class is not None:
             module = self.__class__.__module__.split(".")[-1]
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
                                     **{auto: f"{module}.{name}" for auto, name in _AUTO_CLASSES.items()}}
+            if isinstance(self, StretchySnakeForVideoClassification):
+                from .pipeline_stretchysnake import CUSTOM_PIPELINES
+
+                self.config.custom_pipelines = CUSTOM_PIPELINES
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
@@ -251,7 +256,10 @@ class StretchySnakePreTrainedModel(PreTrainedModel):
         elif isinstance(module, StretchySnakeMixer):
             config = self.config
             for linear in (module.in_proj, module.x_proj, module.x_proj_b):
-                init.trunc_normal_(linear.weight, std=std)
+                if config.projection_init == "kaiming_uniform":
+                    init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
+                else:
+                    init.trunc_normal_(linear.weight, std=std)
             # GPT-2 style rescale of the residual-branch output projection (n_residuals_per_layer = 1).
             init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
             init.copy_(module.out_proj.weight, module.out_proj.weight / math.sqrt(config.num_hidden_layers))

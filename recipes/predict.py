@@ -47,8 +47,11 @@ def main(argv=None):
     if args.pipeline:
         from transformers import pipeline
 
+        from modeling_stretchysnake import StretchySnakeVideoClassificationPipeline
+
         processor.resolution = resolution
-        classify = pipeline("video-classification", model=model, video_processor=processor)
+        classify = pipeline("video-classification", model=model, video_processor=processor,
+                            pipeline_class=StretchySnakeVideoClassificationPipeline)
         results = [(r["label"], r["score"]) for r in classify(args.video, top_k=args.top_k, num_frames=frames)]
     else:
         results = predict(model, processor, args.video, frames, resolution, args.top_k)

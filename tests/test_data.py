@@ -170,3 +170,10 @@ def test_corrupt_videos_are_skipped_counted_and_replaced(manifest, tmp_path, cap
     all_broken = VideoClipDataset([{"video": str(broken), "label": 0}] * 3, StretchySnakeVideoProcessor(), max_replacements=2)
     with pytest.raises(VideoDecodeError, match="in a row"):
         all_broken[(0, 2, 28, 2)]
+
+
+def test_frame_sampling_rate_takes_frames_that_far_apart_from_the_start():
+    assert sample_frame_indices(100, 4, stride=3).tolist() == [0, 3, 6, 9]
+    assert sample_frame_indices(100, 4, start=10, end=17, stride=3).tolist() == [10, 13, 16, 16]  # segment ends
+    with pytest.raises(ValueError, match="frame_sampling_rate"):
+        sample_frame_indices(100, 4, stride=0)
