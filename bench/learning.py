@@ -61,7 +61,7 @@ RUNS = {
 }
 BASELINE = {"model": "stretchysnake", "lr": 1e-3, "warmup": 20, "pooling": "cls", "dt_init": "mamba",
             "temporal_init": "zeros", "pos_init": "trunc_normal", "drop_path": 0.0, "task": "default",
-            "width": WIDTH, "depth": DEPTH, "grid": GRID, "dt_max": 0.1}
+            "width": WIDTH, "depth": DEPTH, "grid": GRID, "dt_max": 0.1, "proj_init": "trunc_normal"}
 
 
 def decoded_clips(task: str, args) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -103,7 +103,8 @@ def build(settings: dict, args, num_labels: int) -> torch.nn.Module:
     config = StretchySnakeConfig(hidden_size=settings["width"], num_hidden_layers=settings["depth"], image_size=grid * 16, patch_size=16,
                                  time_step_max=settings["dt_max"],
                                  num_frames=args.frames, num_labels=num_labels, drop_path_rate=settings["drop_path"],
-                                 pooling=settings["pooling"], position_embedding_init=settings["pos_init"])
+                                 pooling=settings["pooling"], position_embedding_init=settings["pos_init"],
+                                 projection_init=settings["proj_init"])
     model = StretchySnakeForVideoClassification(config)
     with torch.no_grad():
         if settings["dt_init"] == "videomamba":  # VideoMamba's blanket init: every Linear trunc-normal, bias zero

@@ -10,6 +10,7 @@ KERNEL_RESIZE_MODES = ("bicubic", "pi")
 SCALE_MODES = ("static_tokens", "static_patches")
 POOLING_MODES = ("cls", "mean")
 POSITION_EMBEDDING_INITS = ("trunc_normal", "sincos")
+PROJECTION_INITS = ("trunc_normal", "kaiming_uniform")
 
 # Named sizes from VideoMamba: hidden size x depth.
 STRETCHYSNAKE_PRESETS = {
@@ -56,6 +57,11 @@ class StretchySnakeConfig(PretrainedConfig):
         position_embedding_init (`str`, defaults to `"trunc_normal"`): how a fresh model's spatial position
             embedding starts: `"trunc_normal"` (std `initializer_range`, VideoMamba) or `"sincos"` (the 2-D sin-cos
             table of MAE / VideoMAE, amplitude 1; still learned). Loaded weights replace it either way.
+        projection_init (`str`, defaults to `"trunc_normal"`): how a fresh model's mixer input projections
+            (`in_proj`, `x_proj`, `x_proj_b`) start: `"trunc_normal"` (std `initializer_range`, VideoMamba) or
+            `"kaiming_uniform"` (PyTorch's default Linear init, which Mamba keeps). At small widths the first makes
+            the SSM's B, C and input so small that, at init, a token hears almost nothing beyond the conv window
+            (bench/RESULTS.md, learning study).
     """
 
     model_type = "stretchysnake"
@@ -87,6 +93,7 @@ class StretchySnakeConfig(PretrainedConfig):
         scan_chunk_size: int = 16,
         pooling: str = "cls",
         position_embedding_init: str = "trunc_normal",
+        projection_init: str = "trunc_normal",
         **kwargs,
     ):
         if kernel_resize_mode not in KERNEL_RESIZE_MODES:
@@ -98,6 +105,8 @@ class StretchySnakeConfig(PretrainedConfig):
         if position_embedding_init not in POSITION_EMBEDDING_INITS:
             raise ValueError(f"position_embedding_init must be one of {POSITION_EMBEDDING_INITS}, "
                              f"got {position_embedding_init!r}")
+        if projection_init not in PROJECTION_INITS:
+            raise ValueError(f"projection_init must be one of {PROJECTION_INITS}, got {projection_init!r}")
         if image_size % patch_size != 0:
             raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
         self.hidden_size = hidden_size
@@ -126,6 +135,7 @@ class StretchySnakeConfig(PretrainedConfig):
         self.scan_chunk_size = scan_chunk_size
         self.pooling = pooling
         self.position_embedding_init = position_embedding_init
+        self.projection_init = projection_init
         super().__init__(**kwargs)
         if self.id2label and not getattr(self, "label2id", None):
             self.label2id = {label: int(index) for index, label in self.id2label.items()}

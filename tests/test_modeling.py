@@ -265,3 +265,15 @@ def test_sincos_position_embedding_init():
     assert default.embeddings.position_embeddings.std() < 0.05  # VideoMamba's trunc-normal(0.02) stays the default
     with pytest.raises(ValueError, match="position_embedding_init"):
         small_config(position_embedding_init="zeros")
+
+
+def test_projection_init_kaiming_uniform_is_mambas_default_linear_init():
+    torch.manual_seed(0)
+    mixer = StretchySnakeModel(small_config(hidden_size=96, projection_init="kaiming_uniform")).layers[0].mixer
+    for linear in (mixer.in_proj, mixer.x_proj, mixer.x_proj_b):
+        bound = linear.in_features**-0.5  # kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert linear.weight.abs().max() <= bound and linear.weight.abs().max() > 0.9 * bound
+    default = StretchySnakeModel(small_config(hidden_size=96)).layers[0].mixer
+    assert abs(default.in_proj.weight.std() - 0.02) < 0.002  # VideoMamba's trunc-normal(0.02) stays the default
+    with pytest.raises(ValueError, match="projection_init"):
+        small_config(projection_init="zeros")
