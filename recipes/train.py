@@ -2,7 +2,11 @@
 
     accelerate launch recipes/train.py                                   # embedded default, a few minutes on CPU
     accelerate launch recipes/train.py --config recipes/configs/ucf101.yaml
-    accelerate launch --num_processes 2 --cpu recipes/train.py --max_steps 20   # 2 CPU processes (gloo)
+    accelerate launch --config_file recipes/configs/accelerate/cpu_2proc.yaml recipes/train.py   # 2 CPU processes
+    accelerate launch --multi_gpu --num_processes 2 recipes/train.py     # the same without a config (CPU-only box)
+
+`accelerate launch --cpu --num_processes 2` starts ONE process: Accelerate's CPU launcher needs an MPI hostfile for
+more. Every process logs its rank and the world size at start.
 
 Every option is a CLI flag (`python recipes/train.py --help`); a YAML `--config` sets many at once and flags
 given after it win. With no `--manifest`, a generated action dataset (moving shapes whose classes need motion
@@ -13,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
@@ -86,11 +92,20 @@ def yaml_to_flags(path: str) -> list[str]:
     return flags
 
 
+def launch_flags() -> list[str]:
+    """Several processes on a machine without CUDA (accelerate's MULTI_GPU launcher, torchrun): train on the CPU
+    with gloo. Without use_cpu, transformers sets up no process group there and every process trains alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        return ["--use_cpu", "true"]
+    return []
+
+
 def parse_arguments(argv: list[str]) -> tuple[StretchySnakeArguments, TrainingArguments]:
     # Each --config (in order) expands to flags; flags on the command line come last and win.
     config_flags = [flag for i, arg in enumerate(argv[:-1]) if arg == "--config" for flag in yaml_to_flags(argv[i + 1])]
     parser = HfArgumentParser((StretchySnakeArguments, TrainingArguments))
-    script_args, training_args = parser.parse_args_into_dataclasses(DEFAULT_TRAINING_FLAGS + config_flags + argv)
+    flags = DEFAULT_TRAINING_FLAGS + launch_flags() + config_flags + argv
+    script_args, training_args = parser.parse_args_into_dataclasses(flags)
     return script_args, training_args
 
 
@@ -160,8 +175,13 @@ def train_and_evaluate(args, training_args, model, sampler, eval_scales, process
 
 def main(argv: list[str] | None = None) -> dict:
     args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # force: under torchrun the root logger already has a handler, which would make basicConfig a no-op
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
     set_seed(training_args.seed)
+    device = training_args.device  # sets up the process group: rank and world size are 0 and 1 before it
+    logger.info("process rank %d of world size %d (local rank %d, node rank %d) on %s with %d torch threads",
+                training_args.process_index, training_args.world_size, training_args.local_process_index,
+                int(os.environ.get("GROUP_RANK", 0)), device, torch.get_num_threads())
 
     manifest = load_manifest(args, training_args)
     train_rows, eval_rows = manifest[args.train_split], manifest[args.eval_split]

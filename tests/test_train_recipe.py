@@ -1,4 +1,5 @@
-"""The training recipe end to end on tiny generated data: one process, two CPU processes, a corrupt video."""
+"""The training recipe end to end on tiny generated data: one process, a corrupt video (two processes:
+test_multiprocess.py)."""
 
 import json
 import sys
@@ -76,16 +77,6 @@ def test_fixed_scale_baseline_choice():
     assert train.baseline_scale(parse("--baseline", "none"), config) is None
     with pytest.raises(ValueError, match="FRAMESxRESOLUTION"):
         train.baseline_scale(parse("--baseline", "8-112"), config)
-
-
-def test_train_recipe_two_cpu_processes(manifest_dir, tmp_path):
-    out = tmp_path / "out2"
-    result = run_script([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-                  str(ROOT / "recipes" / "train.py"), "--manifest", str(manifest_dir), "--output_dir", str(out),
-                  *TINY_RUN], tmp_path, timeout=900)
-    assert result.stdout.count("top-1 accuracy (%) over frames x resolution") == 1  # printed by rank 0 only
-    assert (out / "final" / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
