@@ -9,6 +9,7 @@ from transformers import PretrainedConfig
 KERNEL_RESIZE_MODES = ("bicubic", "pi")
 SCALE_MODES = ("static_tokens", "static_patches")
 POOLING_MODES = ("cls", "mean")
+CLS_POSITIONS = ("start", "ends")
 POSITION_EMBEDDING_INITS = ("trunc_normal", "sincos")
 PROJECTION_INITS = ("trunc_normal", "kaiming_uniform")
 
@@ -52,8 +53,14 @@ class StretchySnakeConfig(PretrainedConfig):
             `"reference"`; the environment variable `STRETCHYSNAKE_SCAN_BACKEND` overrides it.
         scan_chunk_size (`int`, defaults to 16): chunk length of the pure-PyTorch chunked scan.
         pooling (`str`, defaults to `"cls"`): what `pooler_output` (and so the classifier) reads: `"cls"`, the
-            normalised CLS token at the sequence start (VideoMamba), or `"mean"`, the mean of the normalised patch
+            normalised CLS token (VideoMamba; see `cls_position`), or `"mean"`, the mean of the normalised patch
             tokens.
+        cls_position (`str`, defaults to `"start"`): where the CLS token sits: `"start"`, VideoMamba's single token
+            before the patch tokens, or `"ends"`, the same token (same parameters) both before and after them, the
+            two outputs averaged for `pooler_output`. A bidirectional scan ends at both ends of the sequence: a
+            token at the start reads the whole clip only through the backward scan, most strongly its first frame;
+            the second token reads the forward scan, most strongly the last frame (the readout of a bidirectional
+            RNN classifier). The same parameters serve both, so VideoMamba checkpoints load either way.
         position_embedding_init (`str`, defaults to `"trunc_normal"`): how a fresh model's spatial position
             embedding starts: `"trunc_normal"` (std `initializer_range`, VideoMamba) or `"sincos"` (the 2-D sin-cos
             table of MAE / VideoMAE, amplitude 1; still learned). Loaded weights replace it either way.
@@ -92,6 +99,7 @@ class StretchySnakeConfig(PretrainedConfig):
         scan_backend: str = "auto",
         scan_chunk_size: int = 16,
         pooling: str = "cls",
+        cls_position: str = "start",
         position_embedding_init: str = "trunc_normal",
         projection_init: str = "trunc_normal",
         **kwargs,
@@ -102,6 +110,8 @@ class StretchySnakeConfig(PretrainedConfig):
             raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
         if pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+        if cls_position not in CLS_POSITIONS:
+            raise ValueError(f"cls_position must be one of {CLS_POSITIONS}, got {cls_position!r}")
         if position_embedding_init not in POSITION_EMBEDDING_INITS:
             raise ValueError(f"position_embedding_init must be one of {POSITION_EMBEDDING_INITS}, "
                              f"got {position_embedding_init!r}")
@@ -134,6 +144,7 @@ class StretchySnakeConfig(PretrainedConfig):
         self.scan_backend = scan_backend
         self.scan_chunk_size = scan_chunk_size
         self.pooling = pooling
+        self.cls_position = cls_position
         self.position_embedding_init = position_embedding_init
         self.projection_init = projection_init
         super().__init__(**kwargs)

@@ -27,7 +27,8 @@ from .selective_scan import selective_scan
 class StretchySnakeModelOutput(ModelOutput):
     """
     last_hidden_state (`torch.FloatTensor` of shape `(batch, 1 + frames * h * w, hidden_size)`):
-        the normalised token sequence; index 0 is the CLS token.
+        the normalised token sequence; index 0 is the CLS token (with `config.cls_position="ends"` the last index
+        is the second CLS token, and the length is 2 + frames * h * w).
     pooler_output (`torch.FloatTensor` of shape `(batch, hidden_size)`): the normalised CLS token, or with
         `config.pooling="mean"` the mean of the normalised patch tokens.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*): the embeddings and the residual stream after each
@@ -124,7 +125,7 @@ class StretchySnakeEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
-        # pixel_values: (B, T, C, H, W) -> tokens (B, 1 + T*h*w, D)
+        # pixel_values: (B, T, C, H, W) -> tokens (B, 1 + T*h*w, D), or (B, 2 + T*h*w, D) with CLS at both ends
         batch, frames, _, height, width = pixel_values.shape
         grid = padded_grid(height, width, patch_size)
         pad_height, pad_width = grid[0] * patch_size - height, grid[1] * patch_size - width
@@ -145,7 +146,8 @@ class StretchySnakeEmbeddings(nn.Module):
         temporal = resample_temporal_pos_embed(self.temporal_position_embeddings, frames)  # (1, T, D)
         tokens = tokens + spatial.unsqueeze(1) + temporal.unsqueeze(2)
         cls = (self.cls_token + self.position_embeddings[:, :1]).expand(batch, -1, -1)  # (B, 1, D)
-        return self.dropout(torch.cat([cls, tokens.flatten(1, 2)], dim=1))
+        ends = (cls, cls) if self.config.cls_position == "ends" else (cls,)
+        return self.dropout(torch.cat([ends[0], tokens.flatten(1, 2), *ends[1:]], dim=1))
 
 
 class StretchySnakeMixer(nn.Module):
@@ -357,10 +359,18 @@ class StretchySnakeModel(StretchySnakePreTrainedModel):
             if output_hidden_states:
                 all_hidden += (residual,)
         last_hidden = self.norm_f(residual.to(self.norm_f.weight.dtype))
-        pooled = last_hidden[:, 1:].mean(dim=1) if self.config.pooling == "mean" else last_hidden[:, 0]
+        pooled = pool(last_hidden, self.config)
         if not return_dict:
             return tuple(v for v in (last_hidden, pooled, all_hidden) if v is not None)
         return StretchySnakeModelOutput(last_hidden_state=last_hidden, pooler_output=pooled, hidden_states=all_hidden)
+
+
+def pool(last_hidden: torch.Tensor, config: StretchySnakeConfig) -> torch.Tensor:
+    """(B, L, D) normalised tokens -> (B, D): the CLS token(s) or the mean of the patch tokens."""
+    ends = config.cls_position == "ends"
+    if config.pooling == "mean":
+        return last_hidden[:, 1 : last_hidden.shape[1] - ends].mean(dim=1)
+    return (last_hidden[:, 0] + last_hidden[:, -1]) / 2 if ends else last_hidden[:, 0]
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: StretchySnakeConfig) -> torch.Tensor:

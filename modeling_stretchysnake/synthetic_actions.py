@@ -7,11 +7,19 @@ rendered once at a native size and decoded at whatever frames x resolution a ste
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 ACTIONS = ("move_left", "move_right", "move_up", "move_down", "stay_still")
+# Named render settings (`render_action` options). "clear" is the main job's task: a big square on a quiet
+# background that travels at least half the frame. "noisy" is the first version (small squares, +-20 noise, a third
+# of the frame), which no small model of this project, ours or VideoMAE, learns on a CPU budget (bench/RESULTS.md).
+TASKS = {
+    "clear": {"noise": 4, "side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},
+    "noisy": {"noise": 20, "side_range": (1 / 6, 1 / 3), "min_travel": 1 / 3},
+}
 _DIRECTIONS = {"move_left": (0, -1), "move_right": (0, 1), "move_up": (-1, 0), "move_down": (1, 0), "stay_still": (0, 0)}
 
 
@@ -67,11 +75,15 @@ def generate_action_dataset(root: str | Path, videos_per_class: dict[str, int] |
     """Render the dataset under `root` and return its manifest as a `datasets.DatasetDict` (saved to root/manifest).
 
     videos_per_class: an int (train split only) or {split: count}, e.g. {"train": 24, "test": 8}.
-    render_options: `noise`, `side_range`, `min_travel` of `render_action`.
+    render_options: `noise`, `side_range`, `min_travel` of `render_action`. What was rendered is recorded in
+    root/generation.json, so `load_or_generate` can tell a finished render with the same settings from a stale one.
     """
+    import logging
+
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
     root = Path(root).resolve()  # manifests hold absolute paths: usable from any working directory
+    logging.getLogger(__name__).info("rendering the generated action dataset under %s", root)
     counts = {"train": videos_per_class} if isinstance(videos_per_class, int) else dict(videos_per_class)
     rng = np.random.default_rng(seed)
     features = Features({"video": Value("string"), "label": ClassLabel(names=list(ACTIONS)),
@@ -89,4 +101,25 @@ def generate_action_dataset(root: str | Path, videos_per_class: dict[str, int] |
         splits[split] = Dataset.from_list(rows, features=features)
     manifest = DatasetDict(splits)
     manifest.save_to_disk(str(root / "manifest"))
+    (root / "generation.json").write_text(json.dumps(_settings(counts, num_frames, size, seed, render_options)))
     return manifest
+
+
+def load_or_generate(root: str | Path, videos_per_class: dict[str, int], seed: int = 0, task: str = "clear",
+                     **kwargs):
+    """The manifest under `root` if it was rendered with these settings, else a fresh render of the `task`."""
+    from datasets import load_from_disk
+
+    root = Path(root)
+    options = dict(TASKS[task], **kwargs)
+    render = {k: options.pop(k) for k in ("num_frames", "size") if k in options}
+    expected = _settings(dict(videos_per_class), render.get("num_frames", 24), render.get("size", 96), seed, options)
+    recorded = root / "generation.json"
+    if (root / "manifest").exists() and recorded.exists() and json.loads(recorded.read_text()) == expected:
+        return load_from_disk(str(root / "manifest"))
+    return generate_action_dataset(root, videos_per_class, seed=seed, **render, **options)
+
+
+def _settings(counts, num_frames, size, seed, render_options) -> dict:
+    return json.loads(json.dumps({"videos_per_class": counts, "num_frames": num_frames, "size": size, "seed": seed,
+                                  "render_options": render_options}))  # tuples -> lists, as read back

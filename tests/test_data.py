@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -177,3 +180,17 @@ def test_frame_sampling_rate_takes_frames_that_far_apart_from_the_start():
     assert sample_frame_indices(100, 4, start=10, end=17, stride=3).tolist() == [10, 13, 16, 16]  # segment ends
     with pytest.raises(ValueError, match="frame_sampling_rate"):
         sample_frame_indices(100, 4, stride=0)
+
+
+def test_load_or_generate_renders_once_per_setting(tmp_path):
+    from modeling_stretchysnake.synthetic_actions import load_or_generate
+
+    counts = {"train": 1, "test": 1}
+    first = load_or_generate(tmp_path, counts, task="clear", num_frames=4, size=32)
+    video = Path(first["train"][0]["video"])
+    stamp = video.stat().st_mtime_ns
+    again = load_or_generate(tmp_path, counts, task="clear", num_frames=4, size=32)
+    assert again["train"]["video"] == first["train"]["video"] and video.stat().st_mtime_ns == stamp  # reused
+    load_or_generate(tmp_path, counts, task="noisy", num_frames=4, size=32)  # other settings: rendered again
+    assert video.stat().st_mtime_ns != stamp
+    assert json.loads((tmp_path / "generation.json").read_text())["render_options"]["noise"] == 20

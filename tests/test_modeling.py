@@ -277,3 +277,30 @@ def test_projection_init_kaiming_uniform_is_mambas_default_linear_init():
     assert abs(default.in_proj.weight.std() - 0.02) < 0.002  # VideoMamba's trunc-normal(0.02) stays the default
     with pytest.raises(ValueError, match="projection_init"):
         small_config(projection_init="zeros")
+
+
+def test_cls_at_both_ends_shares_the_token_and_averages_both_outputs():
+    torch.manual_seed(0)
+    model = StretchySnakeModel(small_config(cls_position="ends")).eval()
+    pixel_values = torch.randn(2, 3, 3, 16, 16)
+    outputs = model(pixel_values)
+    hidden = outputs.last_hidden_state
+    assert hidden.shape == (2, 2 + 3 * 16, 32)
+    torch.testing.assert_close(outputs.pooler_output, (hidden[:, 0] + hidden[:, -1]) / 2)
+    embedded = model.embeddings(pixel_values, 4)
+    torch.testing.assert_close(embedded[:, 0], embedded[:, -1])  # the same token, the same parameters
+    start = StretchySnakeModel(small_config())
+    assert set(dict(start.named_parameters())) == set(dict(model.named_parameters()))  # checkpoints fit both
+    # the trailing token reads the forward scan: the last frame reaches the output at init, unlike with one CLS
+    grads = []
+    for candidate in (start.eval(), model):
+        frames = pixel_values.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(candidate(frames).pooler_output.pow(2).sum(), frames)
+        per_frame = grad.abs().sum(dim=(0, 2, 3, 4))
+        grads.append((per_frame[-1] / per_frame[0]).item())
+    assert grads[0] < 0.01 < 0.3 < grads[1], grads
+    mean = StretchySnakeModel(small_config(cls_position="ends", pooling="mean")).eval()
+    hidden = mean(pixel_values).last_hidden_state
+    torch.testing.assert_close(mean(pixel_values).pooler_output, hidden[:, 1:-1].mean(dim=1))
+    with pytest.raises(ValueError, match="cls_position"):
+        small_config(cls_position="middle")
