@@ -30,7 +30,8 @@ TASKS = {  # render options of synthetic_actions.render_action
     "default": {},
     "quiet": {"noise": 4},
     "big_moves": {"side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},
-    "easy": {"noise": 4, "side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},
+    "easy": {"noise": 4, "side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},  # synthetic_actions.TASKS["clear"]
+    "easy_no_noise": {"noise": 0, "side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},
 }
 # name -> changes against the baseline of its model
 RUNS = {
@@ -58,10 +59,23 @@ RUNS = {
     "videomae_easy_grid_4": {"model": "videomae", "task": "easy", "grid": 4},
     "ours_easy_sincos_depth_8_width_64": {"task": "easy", "pos_init": "sincos", "depth": 8, "width": 64},
     "ours_easy_sincos_temporal_sincos": {"task": "easy", "pos_init": "sincos", "temporal_init": "sincos"},
+    # second study (issue: the main job that learns), run with --base pos_init=sincos lr=2e-3 task=easy
+    "ours_cls_middle": {"cls_position": "middle"},
+    "ours_proj_kaiming": {"proj_init": "kaiming_uniform"},
+    "ours_lr_4e-3": {"lr": 4e-3},
+    "ours_task_easy_no_noise": {"task": "easy_no_noise"},
+    "ours_temporal_sincos": {"temporal_init": "sincos"},
+    "ours_dt_max_0.01": {"dt_max": 0.01},
+    "ours_mean_pooling_temporal_sincos": {"pooling": "mean", "temporal_init": "sincos"},
+    "ours_grid_4": {"grid": 4},
+    "ours_grid_4_mean_pooling": {"grid": 4, "pooling": "mean"},
+    "ours_grid_4_mean_pooling_temporal_sincos": {"grid": 4, "pooling": "mean", "temporal_init": "sincos"},
+    "ours_grid_4_temporal_sincos": {"grid": 4, "temporal_init": "sincos"},
 }
 BASELINE = {"model": "stretchysnake", "lr": 1e-3, "warmup": 20, "pooling": "cls", "dt_init": "mamba",
             "temporal_init": "zeros", "pos_init": "trunc_normal", "drop_path": 0.0, "task": "default",
-            "width": WIDTH, "depth": DEPTH, "grid": GRID, "dt_max": 0.1, "proj_init": "trunc_normal"}
+            "width": WIDTH, "depth": DEPTH, "grid": GRID, "dt_max": 0.1, "proj_init": "trunc_normal",
+            "cls_position": "start"}
 
 
 def decoded_clips(task: str, args) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -71,9 +85,9 @@ def decoded_clips(task: str, args) -> dict[str, tuple[torch.Tensor, torch.Tensor
     from modeling_stretchysnake import StretchySnakeVideoProcessor
     from modeling_stretchysnake.synthetic_actions import generate_action_dataset
 
-    root = Path(args.data_root) / task
+    root = Path(args.data_root) / f"{task}_{args.train_per_class}x{args.eval_per_class}_seed{args.data_seed}"
     if not (root / "manifest").exists():
-        generate_action_dataset(root, {"train": args.train_per_class, "test": args.eval_per_class}, seed=args.seed,
+        generate_action_dataset(root, {"train": args.train_per_class, "test": args.eval_per_class}, seed=args.data_seed,
                                 **TASKS[task])
     manifest = load_from_disk(str(root / "manifest"))
     processor = StretchySnakeVideoProcessor()
@@ -106,6 +120,8 @@ def build(settings: dict, args, num_labels: int) -> torch.nn.Module:
                                  pooling=settings["pooling"], position_embedding_init=settings["pos_init"],
                                  projection_init=settings["proj_init"])
     model = StretchySnakeForVideoClassification(config)
+    if settings["cls_position"] != "start":
+        move_cls_token(model, settings["cls_position"])
     with torch.no_grad():
         if settings["dt_init"] == "videomamba":  # VideoMamba's blanket init: every Linear trunc-normal, bias zero
             for layer in model.stretchysnake.layers:
@@ -118,6 +134,54 @@ def build(settings: dict, args, num_labels: int) -> torch.nn.Module:
         elif settings["temporal_init"] == "sincos":  # 1-D sin-cos over frames, amplitude 1 (as the spatial table)
             temporal.copy_(sincos_table_1d(temporal.shape[1], temporal.shape[2]).unsqueeze(0))
     return model
+
+
+def move_cls_token(model, position: str) -> None:
+    """Study only: put the CLS token in the middle of the patch tokens (Vim's choice), at the end, or at both ends
+    ("ends", the same token twice, the two outputs averaged), and read it there."""
+    embeddings, backbone = model.stretchysnake.embeddings, model.stretchysnake
+    embed, backbone_forward = embeddings.forward, backbone.forward
+
+    def cls_indices(length: int) -> list[int]:  # length: patch tokens
+        return {"middle": [length // 2], "end": [length], "ends": [0, length + 1]}[position]
+
+    def forward_embeddings(pixel_values, patch_size):
+        tokens = embed(pixel_values, patch_size)
+        cls, patches = tokens[:, :1], tokens[:, 1:]
+        if position == "ends":
+            return torch.cat([cls, patches, cls], dim=1)
+        i = cls_indices(patches.shape[1])[0]
+        return torch.cat([patches[:, :i], cls, patches[:, i:]], dim=1)
+
+    def forward_backbone(pixel_values, patch_size=None, output_hidden_states=None, return_dict=None, **kwargs):
+        outputs = backbone_forward(pixel_values, patch_size, output_hidden_states, True)
+        hidden = outputs.last_hidden_state
+        patches = hidden.shape[1] - (2 if position == "ends" else 1)
+        outputs.pooler_output = hidden[:, cls_indices(patches)].mean(dim=1)
+        return outputs
+
+    embeddings.forward, backbone.forward = forward_embeddings, forward_backbone
+
+
+def reach_table(baseline: dict, args) -> list[tuple[str, list[float]]]:
+    """At initialisation: how strongly the classifier's input (the CLS token) depends on each frame, relative to
+    the first frame (mean |d CLS^2 / d pixels| per frame over random clips and 2 seeds)."""
+    variants = {"baseline": {}, "proj_init=kaiming_uniform": {"proj_init": "kaiming_uniform"},
+                "dt_max=0.01": {"dt_max": 0.01}, "cls_position=middle": {"cls_position": "middle"},
+                "cls_position=ends": {"cls_position": "ends"}}
+    rows = []
+    for name, change in variants.items():
+        per_seed = []
+        for seed in (0, 1):
+            model = build({**baseline, **change}, argparse.Namespace(**{**vars(args), "seed": seed}), 5).eval()
+            torch.manual_seed(seed)
+            pixels = torch.randn(4, args.frames, 3, args.resolution, args.resolution, requires_grad=True)
+            pooled = model.stretchysnake(pixels).pooler_output
+            (grad,) = torch.autograd.grad(pooled.pow(2).sum(), pixels)
+            per_frame = grad.abs().sum(dim=(0, 2, 3, 4))
+            per_seed.append(per_frame / per_frame[0])
+        rows.append((name, torch.stack(per_seed).mean(0).tolist()))
+    return rows
 
 
 def sincos_table_1d(length: int, dim: int) -> torch.Tensor:
@@ -190,7 +254,9 @@ def main(argv=None):
     parser.add_argument("--resolution", type=int, default=56, help="a multiple of 7 (the 7 x 7 token grid)")
     parser.add_argument("--train_per_class", type=int, default=100)
     parser.add_argument("--eval_per_class", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="model initialisation and batch order")
+    parser.add_argument("--data_seed", type=int, default=0, help="the rendered clips")
+    parser.add_argument("--reach", action="store_true", help="only print how far the CLS token hears at init")
     parser.add_argument("--eval_every", type=int, default=0, help="also record test top-1 every N steps")
     parser.add_argument("--data_root", default="outputs/learning_data")
     parser.add_argument("--output", default="outputs/learning.json")
@@ -203,8 +269,14 @@ def main(argv=None):
         if key not in BASELINE:
             parser.error(f"--base: unknown key {key!r}")
         baseline[key] = type(BASELINE[key])(value)
-    if args.resolution % GRID:
-        parser.error(f"--resolution must be a multiple of {GRID}")
+    if args.resolution % baseline["grid"]:
+        parser.error(f"--resolution must be a multiple of the token grid {baseline['grid']}")
+    if args.reach:
+        print(f"CLS sensitivity to each of {args.frames} frames at init, relative to frame 0 "
+              f"({args.resolution} px, grid {baseline['grid']}):")
+        for name, values in reach_table(baseline, args):
+            print(f"  {name:<28} " + " ".join(f"{v:.1e}" for v in values))
+        return
 
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads; width {WIDTH}, "
           f"depth {DEPTH}, {args.frames} frames x {args.resolution} px ({GRID}x{GRID} tokens), batch {args.batch}, "

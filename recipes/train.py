@@ -40,12 +40,15 @@ from modeling_stretchysnake.trainer import StretchySnakeTrainer
 
 logger = logging.getLogger("stretchysnake.train")
 
-# The embedded default: a small model with a 7 x 7 base token grid, so a CPU trains it in minutes. It starts from a
-# sin-cos spatial position table, which made it learn the generated task far faster (bench/learning.py).
-EMBEDDED_MODEL = dict(hidden_size=96, num_hidden_layers=4, image_size=112, patch_size=16, num_frames=8,
-                      drop_path_rate=0.0, position_embedding_init="sincos")
+# The embedded default: a small model with a 4 x 4 base token grid (56 px, patch 14; 16 tokens a frame), so a CPU
+# trains it in minutes. It starts from a sin-cos spatial position table and puts the CLS token at both ends of the
+# sequence: at initialisation a single CLS token at the start hears little beyond the first frame, and the model
+# took thousands of steps to learn motion; with both ends it learns the generated task in a few hundred
+# (bench/learning.py, bench/RESULTS.md).
+EMBEDDED_MODEL = dict(hidden_size=96, num_hidden_layers=4, image_size=56, patch_size=14, num_frames=8,
+                      drop_path_rate=0.0, position_embedding_init="sincos", cls_position="ends")
 DEFAULT_TRAINING_FLAGS = [
-    "--output_dir", "outputs/stretchysnake-embedded", "--num_train_epochs", "4", "--per_device_train_batch_size", "8",
+    "--output_dir", "outputs/stretchysnake-embedded", "--num_train_epochs", "6", "--per_device_train_batch_size", "8",
     "--per_device_eval_batch_size", "8", "--learning_rate", "2e-3", "--weight_decay", "0.05",
     "--warmup_steps", "10", "--lr_scheduler_type", "cosine", "--label_smoothing_factor", "0.1",
     "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--seed", "0",
@@ -60,8 +63,10 @@ class StretchySnakeArguments:
     train_split: str = "train"
     eval_split: str = "test"
     data_root: str = field(default="outputs/generated_actions", metadata={"help": "where generated data is written"})
-    generated_train_per_class: int = 100
-    generated_eval_per_class: int = 10
+    generated_task: str = field(default="clear", metadata={"help": "generated data: 'clear' or 'noisy' "
+                                                                  "(synthetic_actions.TASKS)"})
+    generated_train_per_class: int = 300
+    generated_eval_per_class: int = 20
     model_name_or_path: str | None = field(default=None, metadata={"help": "a saved or converted model folder"})
     preset: str = field(default="embedded", metadata={"help": "fresh model size: embedded, tiny, small, middle"})
     base_frames: int | None = field(default=None, metadata={"help": "frames the temporal position embedding is stored at"})
@@ -80,7 +85,7 @@ class StretchySnakeArguments:
     decoder: str = field(default="auto", metadata={"help": "auto (decord, then PyAV), decord or pyav"})
     baseline: str = field(default="auto", metadata={
         "help": "also train a fixed-scale model of the same size in this run, same steps, evaluated on the same grid: "
-                "FRAMESxRESOLUTION (e.g. 8x112), 'none', or 'auto' (the base scale on generated data, none otherwise)"})
+                "FRAMESxRESOLUTION (e.g. 8x56), 'none', or 'auto' (the base scale on generated data, none otherwise)"})
 
 
 def yaml_to_flags(path: str) -> list[str]:
@@ -114,20 +119,18 @@ def load_manifest(args: StretchySnakeArguments, training_args: TrainingArguments
 
     if args.manifest:
         return load_from_disk(args.manifest)
-    from modeling_stretchysnake.synthetic_actions import generate_action_dataset
+    from modeling_stretchysnake.synthetic_actions import load_or_generate
 
-    saved = Path(args.data_root) / "manifest"
-    if training_args.process_index == 0 and not saved.exists():
-        logger.info("rendering the generated action dataset under %s", args.data_root)
-        generate_action_dataset(args.data_root, {args.train_split: args.generated_train_per_class,
-                                                 args.eval_split: args.generated_eval_per_class}, seed=training_args.seed)
-    with training_args.main_process_first(desc="generated dataset"):  # other ranks wait for rank 0's render
-        return load_from_disk(str(saved))
+    counts = {args.train_split: args.generated_train_per_class, args.eval_split: args.generated_eval_per_class}
+    with training_args.main_process_first(desc="generated dataset"):  # rank 0 renders (once), the others then load
+        return load_or_generate(args.data_root, counts, seed=training_args.seed, task=args.generated_task)
 
 
-def build_model(args: StretchySnakeArguments, label_names: list[str]) -> StretchySnakeForVideoClassification:
+def build_model(args: StretchySnakeArguments, label_names: list[str],
+                scale_mode: str | None = None) -> StretchySnakeForVideoClassification:
     id2label = dict(enumerate(label_names))
-    scale_mode = "static_patches" if args.variant in ("temporal", "static_patches") else "static_tokens"
+    if scale_mode is None:
+        scale_mode = "static_patches" if args.variant in ("temporal", "static_patches") else "static_tokens"
     if args.model_name_or_path:
         return StretchySnakeForVideoClassification.from_pretrained(
             args.model_name_or_path, id2label=id2label, label2id={v: k for k, v in id2label.items()},
@@ -151,7 +154,7 @@ def baseline_scale(args: StretchySnakeArguments, config: StretchySnakeConfig) ->
     """(frames, resolution) of the fixed-scale comparison model, or None."""
     if args.baseline == "none" or (args.baseline == "auto" and args.manifest):
         return None
-    if args.baseline == "auto":
+    if args.baseline == "auto":  # the base scale: the stored patch size and token grid
         return max(args.train_frames), config.image_size
     try:
         frames, resolution = (int(v) for v in args.baseline.lower().split("x"))
@@ -210,14 +213,18 @@ def main(argv: list[str] | None = None) -> dict:
                                           train_set, eval_set)
     runs = {args.variant: (trainer, trainer.last_scale_results)}
     if fixed:
-        # Same size, data, steps and optimiser; one scale. It is evaluated like the flexible model (the patch
-        # follows config.scale_mode), so the two grids differ only by what the model saw in training.
+        # The paper's "vanilla" baseline: same size, data, steps and optimiser, one scale, and the usual fixed
+        # patch size (static patches): at other resolutions the token grid grows or shrinks and the position
+        # embedding is interpolated, the way a fixed-scale checkpoint is used elsewhere.
         fixed_args = dataclasses.replace(training_args, output_dir=str(output_dir / "fixed_scale"))
         set_seed(training_args.seed)
-        fixed_model = build_model(args, label_names)
+        fixed_model = build_model(args, label_names, scale_mode="static_patches")
+        fixed_config = fixed_model.config
         fixed_sampler = ScaleSampler("static_patches", frames=[fixed[0]], resolutions=[fixed[1]],
-                                     patch_sizes=[resolve_patch_size(config, fixed[1], fixed[1])], seed=training_args.seed)
-        fixed_trainer, _ = train_and_evaluate(args, fixed_args, fixed_model, fixed_sampler, eval_scales, processor,
+                                     patch_sizes=[fixed_config.patch_size], seed=training_args.seed)
+        fixed_scales = [Scale(s.frames, s.resolution, resolve_patch_size(fixed_config, s.resolution, s.resolution))
+                        for s in eval_scales]
+        fixed_trainer, _ = train_and_evaluate(args, fixed_args, fixed_model, fixed_sampler, fixed_scales, processor,
                                               train_set, eval_set)
         runs[f"fixed {fixed[0]}x{fixed[1]}"] = (fixed_trainer, fixed_trainer.last_scale_results)
     unreadable = trainer.unreadable_videos(train_set, eval_set)  # collective: every process takes part
