@@ -23,8 +23,13 @@ TASKS = {
 _DIRECTIONS = {"move_left": (0, -1), "move_right": (0, 1), "move_up": (-1, 0), "move_down": (1, 0), "stay_still": (0, 0)}
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 12, codec: str = "mpeg4") -> Path:
-    """Write (T, H, W, 3) uint8 RGB frames to a video file with PyAV (even H and W)."""
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 12, codec: str = "mpeg4",
+                display_rotation: int = 0) -> Path:
+    """Write (T, H, W, 3) uint8 RGB frames to a video file with PyAV (even H and W).
+
+    display_rotation: degrees counter-clockwise that players should turn the stored frames (a phone's portrait
+    recording stores landscape frames and such a rotation).
+    """
     import av
 
     path = Path(path)
@@ -34,6 +39,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 12, codec: str 
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         stream.options = {"qscale": "3"} if codec == "mpeg4" else {}
+        if display_rotation:
+            stream.set_display_rotation(display_rotation)
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)

@@ -188,23 +188,6 @@ def test_evaluate_counts_each_unreadable_file_once(tmp_path, ramp_video, capsys)
 
 # ----- display rotation (phone videos) -----
 
-def write_rotated_video(path: Path, frames: np.ndarray, degrees: int) -> Path:
-    """Frames stored as given, with a display matrix asking players to turn them `degrees` counter-clockwise."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=6)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.set_display_rotation(degrees)
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
 @pytest.fixture(scope="module")
 def rotated_video(tmp_path_factory):
     """A 48 x 32 (w x h) landscape recording shown as a 32 x 48 portrait: a white block stored top-left shows
@@ -212,7 +195,7 @@ def rotated_video(tmp_path_factory):
     frames = np.full((6, 32, 48, 3), 40, np.uint8)
     frames[:, :12, :12] = 255
     upright = np.ascontiguousarray(np.rot90(frames, 1, axes=(1, 2)))
-    return write_rotated_video(tmp_path_factory.mktemp("rotated") / "phone.mp4", frames, 90), upright
+    return write_video(tmp_path_factory.mktemp("rotated") / "phone.mp4", frames, fps=6, display_rotation=90), upright
 
 
 @pytest.mark.parametrize("backend", ["auto"] + BACKENDS)
