@@ -247,11 +247,27 @@ def read_video(
     raise VideoDecodeError(f"cannot decode {path}: " + "; ".join(errors))
 
 
+def clips_per_step(scale: Scale, batch_size: int, tokens_per_batch: int | None = None,
+                   max_batch_size: int | None = None) -> int:
+    """Clips a process takes in a step at `scale`: `batch_size`, or with a token budget the number of clips whose
+    tokens (frames x grid cells each) come closest to `tokens_per_batch`: at least 1, at most `max_batch_size`."""
+    if tokens_per_batch is None:
+        return batch_size
+    clips = max(1, round(tokens_per_batch / scale.tokens))
+    return min(clips, max_batch_size) if max_batch_size else clips
+
+
 class MultiScaleBatchSampler(torch.utils.data.Sampler):
     """Yields one batch per step, every item tagged with the step's scale: [(index, frames, resolution, patch)].
 
     All ranks draw the same scale for the same step (ScaleSampler is seeded by step) and disjoint items: each
-    step takes `batch_size * num_replicas` items of an epoch-seeded permutation, this rank's slice of them.
+    step takes `clips x num_replicas` items of an epoch-seeded permutation, this rank's slice of them.
+
+    With `tokens_per_batch` (token-budget batching, as Multigrid), a step's clips per process follow its scale:
+    `clips_per_step` (inversely proportional to the tokens of a clip, capped by `max_batch_size`), the same on
+    every rank since the scale is. An epoch keeps a fixed number of steps, those that cover the `num_samples`
+    clips once at the expected clips per step of the scale distribution (so Trainer's epoch and resume arithmetic
+    hold); a step that draws past the end of the epoch's permutation continues into another one.
     """
 
     def __init__(
@@ -263,11 +279,9 @@ class MultiScaleBatchSampler(torch.utils.data.Sampler):
         rank: int = 0,
         shuffle: bool = True,
         seed: int = 0,
+        tokens_per_batch: int | None = None,
+        max_batch_size: int | None = None,
     ):
-        if num_samples < batch_size * num_replicas:
-            raise ValueError(
-                f"{num_samples} samples cannot fill one step of {batch_size} per process x {num_replicas} processes"
-            )
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.scale_sampler = scale_sampler
@@ -275,25 +289,43 @@ class MultiScaleBatchSampler(torch.utils.data.Sampler):
         self.rank = rank
         self.shuffle = shuffle
         self.seed = seed
+        self.tokens_per_batch = tokens_per_batch
+        self.max_batch_size = max_batch_size
         self.epoch = 0
+        largest = max(self.clips(scale) for scale, _ in scale_sampler.distribution())
+        if num_samples < largest * num_replicas:
+            raise ValueError(
+                f"{num_samples} samples cannot fill one step of {largest} per process x {num_replicas} processes"
+            )
+        self.mean_clips = sum(p * self.clips(scale) for scale, p in scale_sampler.distribution())
+
+    def clips(self, scale: Scale) -> int:
+        return clips_per_step(scale, self.batch_size, self.tokens_per_batch, self.max_batch_size)
 
     def __len__(self) -> int:
-        return self.num_samples // (self.batch_size * self.num_replicas)
+        if self.tokens_per_batch is None:
+            return self.num_samples // (self.batch_size * self.num_replicas)
+        return max(1, round(self.num_samples / (self.mean_clips * self.num_replicas)))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _order(self, round_: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.num_samples))
+        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch + round_ * 1_000_003)
+        return torch.randperm(self.num_samples, generator=generator).tolist()
+
     def __iter__(self) -> Iterator[list[tuple[int, int, int, int]]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
-        else:
-            order = list(range(self.num_samples))
-        global_batch = self.batch_size * self.num_replicas
+        order, first = self._order(0), 0
         for step in range(len(self)):
             scale = self.scale_sampler.sample(self.epoch * len(self) + step)
-            first = step * global_batch + self.rank * self.batch_size
-            yield [(index, scale.frames, scale.resolution, scale.patch_size) for index in order[first : first + self.batch_size]]
+            clips = self.clips(scale)
+            while first + clips * self.num_replicas > len(order):  # only with a token budget
+                order += self._order(len(order) // self.num_samples)
+            mine = order[first + self.rank * clips : first + (self.rank + 1) * clips]
+            first += clips * self.num_replicas
+            yield [(index, scale.frames, scale.resolution, scale.patch_size) for index in mine]
         self.epoch += 1
 
 

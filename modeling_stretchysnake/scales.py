@@ -32,6 +32,11 @@ class Scale:
     def grid(self) -> int:
         return self.resolution // self.patch_size
 
+    @property
+    def tokens(self) -> int:
+        """Patch tokens of one R x R clip at this scale: frames x grid x grid."""
+        return self.frames * self.grid**2
+
     def __str__(self) -> str:
         return f"{self.frames}x{self.resolution}/p{self.patch_size}"
 
@@ -107,6 +112,17 @@ class ScaleSampler:
             for patch in self._patches_for(resolution)
             if resolution % patch == 0
         ]
+
+    def distribution(self) -> list[tuple[Scale, float]]:
+        """Every scale this sampler can draw, with the probability `sample` draws it."""
+        weights: dict[Scale, float] = {}
+        for frames in self.frames:
+            for resolution in self.resolutions:
+                patches = [p for p in self._patches_for(resolution) if resolution % p == 0]
+                for patch in patches:
+                    scale = Scale(frames, resolution, patch)
+                    weights[scale] = weights.get(scale, 0.0) + 1 / (len(self.frames) * len(self.resolutions) * len(patches))
+        return list(weights.items())
 
     def sample(self, step: int) -> Scale:
         """The scale of training step `step`; the same on every rank."""

@@ -73,11 +73,21 @@ class StretchySnakeTrainer(Trainer):
         eval_views: (temporal clips, spatial crops) averaged per video at evaluation; (1, 1) is single view.
         mixup_alpha, cutmix_alpha: batch mixing (0 turns it off). Label smoothing: `args.label_smoothing_factor`.
         layer_decay: layer-wise learning-rate decay (1.0 turns it off).
+        tokens_per_batch: token-budget batching: each step's clips per process are chosen so that their patch
+            tokens come closest to this number (see `MultiScaleBatchSampler`); None keeps
+            `args.per_device_train_batch_size` clips every step.
+        max_batch_size: the most clips a process takes in a step under a token budget.
+        token_batch_loss: how steps of different sizes count: "mean" (the default: the loss is the mean over the
+            step's clips and every step has the same learning rate) or "scaled" (the mean times clips / expected
+            clips per step, which scales a step's update with its size, like the linear learning-rate rule).
     """
 
     def __init__(self, *args, scale_sampler: ScaleSampler, eval_scales: Sequence[Scale] = (),
                  eval_views: tuple[int, int] = (1, 1), mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
-                 layer_decay: float = 1.0, **kwargs):
+                 layer_decay: float = 1.0, tokens_per_batch: int | None = None, max_batch_size: int | None = None,
+                 token_batch_loss: str = "mean", **kwargs):
+        if token_batch_loss not in ("mean", "scaled"):
+            raise ValueError(f"token_batch_loss must be 'mean' or 'scaled', got {token_batch_loss!r}")
         kwargs.setdefault("data_collator", collate_clips)
         super().__init__(*args, **kwargs)
         self.scale_sampler = scale_sampler
@@ -86,7 +96,12 @@ class StretchySnakeTrainer(Trainer):
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self.layer_decay = layer_decay
+        self.tokens_per_batch = tokens_per_batch
+        self.max_batch_size = max_batch_size
+        self.token_batch_loss = token_batch_loss
+        self._mean_clips: float | None = None
         self._last_scale: tuple[int, int, int] | None = None
+        self._last_clips = 0
         self.nonfinite_loss_steps = 0
 
     # ----- data -----
@@ -96,7 +111,9 @@ class StretchySnakeTrainer(Trainer):
         sampler = MultiScaleBatchSampler(
             len(self.train_dataset), self.args.per_device_train_batch_size, self.scale_sampler,
             num_replicas=self.accelerator.num_processes, rank=self.accelerator.process_index, seed=self.args.seed,
+            tokens_per_batch=self.tokens_per_batch, max_batch_size=self.max_batch_size,
         )
+        self._mean_clips = sampler.mean_clips
         return _MultiScaleDataLoader(
             self.train_dataset, batch_sampler=sampler, collate_fn=collate_clips,
             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
@@ -149,11 +166,14 @@ class StretchySnakeTrainer(Trainer):
             pixel_values, targets = mix_batch(pixel_values, targets, self.mixup_alpha, self.cutmix_alpha)
         outputs = model(pixel_values=pixel_values, patch_size=patch_size)
         loss = F.cross_entropy(outputs.logits.float(), targets)
+        if model.training and self.token_batch_loss == "scaled" and self._mean_clips:
+            loss = loss * (len(labels) / self._mean_clips)
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         pixel_values = inputs["pixel_values"]
         self._last_scale = (pixel_values.shape[1], pixel_values.shape[-1], int(inputs["patch_size"]))
+        self._last_clips = pixel_values.shape[0]
         loss = super().training_step(model, inputs, num_items_in_batch)
         # Trainer's logging_nan_inf_filter (on by default) keeps NaN/inf out of the logged loss, so a diverging
         # run would look healthy: count such steps, log the count and warn once.
@@ -168,6 +188,7 @@ class StretchySnakeTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._last_scale is not None:
             logs["frames"], logs["resolution"], logs["patch_size"] = self._last_scale
+            logs["clips"] = self._last_clips
             if self.nonfinite_loss_steps:
                 logs["nonfinite_loss_steps"] = self.nonfinite_loss_steps
         super().log(logs, start_time)

@@ -79,6 +79,13 @@ class StretchySnakeArguments:
     eval_resolutions: list[int] = field(default_factory=lambda: [56, 84, 112, 168])
     eval_clips: int = 1
     eval_crops: int = 1
+    tokens_per_device_batch: int | None = field(default=None, metadata={
+        "help": "token-budget batching: each step's clips per process are about this many patch tokens (frames x "
+                "grid cells per clip), so low-cost scales get bigger batches; default: a fixed batch"})
+    max_per_device_batch: int | None = field(default=None, metadata={
+        "help": "with a token budget: the most clips a process takes in a step (default: no cap)"})
+    token_batch_loss: str = field(default="mean", metadata={
+        "help": "with a token budget: 'mean' (every step counts the same) or 'scaled' (a step counts with its size)"})
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     layer_decay: float = 1.0
@@ -169,6 +176,8 @@ def train_and_evaluate(args, training_args, model, sampler, eval_scales, process
         model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set, processing_class=processor,
         scale_sampler=sampler, eval_scales=eval_scales, eval_views=(args.eval_clips, args.eval_crops),
         mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha, layer_decay=args.layer_decay,
+        tokens_per_batch=args.tokens_per_device_batch, max_batch_size=args.max_per_device_batch,
+        token_batch_loss=args.token_batch_loss,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(str(Path(training_args.output_dir) / "final"))

@@ -5,7 +5,8 @@ Launched by tests/test_multiprocess.py, e.g.
         --manifest M --output_dir OUT --max_steps 4
 Each rank writes OUT/rank{r}.json (world size, and per step the scale and the manifest indices of its clips) and
 OUT/rank{r}.pt (its weights after training). `--shard R/N` trains one process on rank R's shard of an N-process
-run, alone: what that rank would have learned without the other ranks' gradients.
+run, alone: what that rank would have learned without the other ranks' gradients. `--tokens_per_batch` turns on
+token-budget batching (clips per step follow the step's scale).
 """
 
 import argparse
@@ -37,7 +38,8 @@ class RecordingTrainer(StretchySnakeTrainer):
             return super().get_train_dataloader()
         rank, world = self.shard
         sampler = MultiScaleBatchSampler(len(self.train_dataset), self.args.per_device_train_batch_size,
-                                         self.scale_sampler, num_replicas=world, rank=rank, seed=self.args.seed)
+                                         self.scale_sampler, num_replicas=world, rank=rank, seed=self.args.seed,
+                                         tokens_per_batch=self.tokens_per_batch, max_batch_size=self.max_batch_size)
         return _MultiScaleDataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=collate_clips)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -56,6 +58,7 @@ def main():
     parser.add_argument("--save_steps", type=int, default=0)
     parser.add_argument("--resume_from_checkpoint", default=None)
     parser.add_argument("--shard", default=None, help="R/N: train alone on rank R's shard of an N-process run")
+    parser.add_argument("--tokens_per_batch", type=int, default=None, help="token-budget batching")
     args = parser.parse_args()
     out = Path(args.output_dir)
     training_args = TrainingArguments(
@@ -72,6 +75,7 @@ def main():
     trainer = RecordingTrainer(
         model=model, args=training_args, train_dataset=train_set, processing_class=processor, shard=shard,
         scale_sampler=ScaleSampler("static_tokens", frames=[2, 3, 4], resolutions=[16, 24, 32], grid=4, seed=0),
+        tokens_per_batch=args.tokens_per_batch, max_batch_size=4,
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     rank = trainer.args.process_index

@@ -194,3 +194,33 @@ def test_load_or_generate_renders_once_per_setting(tmp_path):
     load_or_generate(tmp_path, counts, task="noisy", num_frames=4, size=32)  # other settings: rendered again
     assert video.stat().st_mtime_ns != stamp
     assert json.loads((tmp_path / "generation.json").read_text())["render_options"]["noise"] == 20
+
+
+def test_token_budget_batches_follow_the_scale_and_ranks_agree():
+    from modeling_stretchysnake.data import clips_per_step
+
+    assert clips_per_step(Scale(8, 56, 14), 8) == 8  # no budget: the fixed batch
+    assert [clips_per_step(Scale(f, 56, 14), 8, 1024) for f in (4, 8, 16)] == [16, 8, 4]  # 64, 128, 256 tokens
+    assert clips_per_step(Scale(2, 56, 14), 8, 1024, max_batch_size=12) == 12  # capped
+    assert clips_per_step(Scale(16, 112, 7), 8, 1024) == 1  # at least one clip
+
+    sampler = ScaleSampler("static_tokens", frames=(2, 4, 8), resolutions=(28, 56), grid=4, seed=3)
+    ranks = [MultiScaleBatchSampler(100, 4, sampler, num_replicas=2, rank=r, seed=5, tokens_per_batch=128,
+                                    max_batch_size=8) for r in range(2)]
+    mean = sum(p * clips_per_step(scale, 4, 128, 8) for scale, p in sampler.distribution())
+    assert len(ranks[0]) == round(100 / (2 * mean))  # the epoch covers the clips once at the expected batch
+    epochs = [[list(iter(r)) for _ in range(2)] for r in ranks]
+    for epoch in range(2):
+        clips_seen = []
+        for step, (batch0, batch1) in enumerate(zip(epochs[0][epoch], epochs[1][epoch])):
+            scale = sampler.sample(epoch * len(ranks[0]) + step)
+            assert {item[1:] for item in batch0 + batch1} == {(scale.frames, scale.resolution, scale.patch_size)}
+            assert len(batch0) == len(batch1) == clips_per_step(scale, 4, 128, 8)
+            assert not {i[0] for i in batch0} & {i[0] for i in batch1}
+            clips_seen += [i[0] for i in batch0 + batch1]
+        assert 0.6 * 100 < len(clips_seen) < 1.6 * 100 and len(set(clips_seen)) > 0.6 * 100
+    assert len({len(b) for b in epochs[0][0]}) > 1
+    again = MultiScaleBatchSampler(100, 4, sampler, num_replicas=2, rank=0, seed=5, tokens_per_batch=128,
+                                   max_batch_size=8)
+    again.set_epoch(1)
+    assert list(again) == epochs[0][1]  # a resumed run rebuilds the same epoch

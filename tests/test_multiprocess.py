@@ -3,7 +3,7 @@
 What only N processes can produce is asserted: world size 2 on both ranks, disjoint shards of the data, the same
 scale on every rank at every step, averaged gradients (both ranks end with identical weights, which differ from
 what rank 0's shard alone trains), a resume that continues the same scale sequence, and skip counts gathered from
-every rank.
+every rank; with token-budget batching, both ranks take the same number of clips at every step.
 """
 
 import json
@@ -31,26 +31,33 @@ def records(folder):
     return [json.loads((folder / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
+# Token-budget batching is on in these runs (the fixed-batch path is the recipe's, below): 128 tokens a step, so
+# 4, 3 or 2 clips per process for clips of 32, 48 or 64 tokens (2-4 frames x a 4 x 4 grid).
+TOKENS = ["--tokens_per_batch", "128"]
+
+
 @pytest.fixture(scope="module")
 def two_process_run(manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("mp_run")
     run_script(LAUNCH + [PROBE, "--manifest", str(manifest), "--output_dir", str(out), "--max_steps", "4",
-                         "--save_steps", "2"], out, timeout=900)
+                         "--save_steps", "2", *TOKENS], out, timeout=900)
     return out
 
 
 def test_two_processes_train_disjoint_shards_at_one_scale_per_step(two_process_run):
+    from modeling_stretchysnake.data import clips_per_step
+    from modeling_stretchysnake.scales import Scale
+
     rank0, rank1 = records(two_process_run)
     assert (rank0["world_size"], rank1["world_size"]) == (2, 2) and (rank0["rank"], rank1["rank"]) == (0, 1)
     assert [s["step"] for s in rank0["steps"]] == [s["step"] for s in rank1["steps"]] == [1, 2, 3, 4]
-    seen = set()
     for mine, theirs in zip(rank0["steps"], rank1["steps"]):
-        scale = lambda s: (s["frames"], s["resolution"], s["patch_size"])  # noqa: E731
-        assert scale(mine) == scale(theirs), (mine, theirs)
+        scale = Scale(mine["frames"], mine["resolution"], mine["patch_size"])
+        assert scale == Scale(theirs["frames"], theirs["resolution"], theirs["patch_size"]), (mine, theirs)
+        assert len(mine["indices"]) == len(theirs["indices"]) == clips_per_step(scale, 2, 128, 4)
         assert not set(mine["indices"]) & set(theirs["indices"])
-        seen |= set(mine["indices"]) | set(theirs["indices"])
-    assert len(seen) == 4 * 2 * 2  # 4 steps x 2 ranks x 2 clips, none repeated within the epoch
     assert len({(s["frames"], s["resolution"]) for s in rank0["steps"]}) > 1  # the scale does change
+    assert len({len(s["indices"]) for s in rank0["steps"]}) > 1  # and with it the clips per step
 
 
 def test_gradients_are_averaged_across_processes(two_process_run, manifest, tmp_path):
@@ -58,7 +65,7 @@ def test_gradients_are_averaged_across_processes(two_process_run, manifest, tmp_
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name  # each rank saw other clips, yet the weights agree
     run_script([sys.executable, PROBE, "--manifest", str(manifest), "--output_dir", str(tmp_path), "--max_steps",
-                "4", "--shard", "0/2"], tmp_path, timeout=600)
+                "4", "--shard", "0/2", *TOKENS], tmp_path, timeout=600)
     alone = json.loads((tmp_path / "rank0.json").read_text())
     assert alone["world_size"] == 1
     assert [s["indices"] for s in alone["steps"]] == [s["indices"] for s in records(two_process_run)[0]["steps"]]
@@ -69,7 +76,8 @@ def test_gradients_are_averaged_across_processes(two_process_run, manifest, tmp_
 
 def test_resume_continues_the_same_scale_sequence(two_process_run, manifest, tmp_path):
     run_script(LAUNCH + [PROBE, "--manifest", str(manifest), "--output_dir", str(tmp_path), "--max_steps", "4",
-                         "--resume_from_checkpoint", str(two_process_run / "checkpoint-2")], tmp_path, timeout=900)
+                         "--resume_from_checkpoint", str(two_process_run / "checkpoint-2"), *TOKENS], tmp_path,
+               timeout=900)
     for resumed, original in zip(records(tmp_path), records(two_process_run)):
         assert resumed["world_size"] == 2
         assert resumed["steps"] == original["steps"][2:]  # steps 3 and 4: same scales, same clips

@@ -144,3 +144,23 @@ def test_evaluation_counts_each_unreadable_video_once_per_view(manifest, tmp_pat
     dataset = VideoClipDataset(rows, trainer.eval_dataset.processor, training=False)
     trainer.predict_scale(dataset, Scale(2, 16, 4))
     assert dataset.failures == {str(broken): 4}  # one per view (2 clips x 2 crops)
+
+
+@pytest.mark.parametrize("rule", ["mean", "scaled"])
+def test_token_budget_steps_log_their_clips_and_weigh_the_loss(manifest, tmp_path, rule):
+    trainer = make_trainer(manifest, tmp_path, tokens_per_batch=64, max_batch_size=4, token_batch_loss=rule)
+    loader = trainer.get_train_dataloader()
+    batches = [batch for batch, _ in zip(loader, range(3))]
+    for batch in batches:  # 2 or 3 frames x 4 x 4 tokens: 32 or 48 tokens a clip -> 2 or 1 clips
+        assert len(batch["labels"]) == round(64 / (batch["pixel_values"].shape[1] * 16))
+    batch = dict(batches[0])
+    mean_loss = torch.nn.functional.cross_entropy(
+        trainer.model(pixel_values=batch["pixel_values"], patch_size=batch["patch_size"]).logits,
+        torch.nn.functional.one_hot(batch["labels"], 5).float() * 0.9 + 0.02)
+    loss = trainer.compute_loss(trainer.model.train(), dict(batch))
+    factor = len(batch["labels"]) / trainer._mean_clips if rule == "scaled" else 1.0
+    torch.testing.assert_close(loss, mean_loss * factor)
+    trainer.train()
+    assert all("clips" in entry for entry in trainer.state.log_history if "loss" in entry)
+    with pytest.raises(ValueError, match="token_batch_loss"):
+        make_trainer(manifest, tmp_path, token_batch_loss="sum")
