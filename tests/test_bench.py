@@ -51,3 +51,10 @@ def test_learning_benchmark_compares_runs_on_the_same_clips(tmp_path):
     assert all(0 <= row["top1"] <= 100 and row["final_loss"] > 0 for row in rows.values())
     assert {path.name for path in (tmp_path / "data").iterdir()} == {"default_2x1_seed0", "quiet_2x1_seed0"}  # one per task
     assert "ours_mean_pooling" in result.stdout.splitlines()[-2]
+
+
+def test_processes_benchmark_reports_both_pool_sizes(tmp_path):
+    result = run_script([sys.executable, str(ROOT / "bench" / "processes.py"), "--processes", "1", "--steps", "1"],
+                        tmp_path)
+    assert "pool follows torch (default)" in result.stdout and "one-per-core pool / torch-sized pool" in result.stdout
+    assert "numba pool [1]" in result.stdout  # OMP_NUM_THREADS=1: the default pool has one thread
