@@ -121,3 +121,26 @@ def plot_training_curves(runs: Mapping[str, list[dict]], path: str | Path) -> No
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_pareto(table, path: str | Path, unit: str = "ms") -> None:
+    """Top-1 against cost per evaluated scale (compute_budget.ScaleCost rows), the Pareto front joined and labelled:
+    the scales worth running at some budget."""
+    from .compute_budget import pareto_front
+
+    plt = _pyplot()
+    front = pareto_front(table, unit)
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    axis.scatter([r.cost(unit) for r in table], [r.top1 for r in table], color="0.6", s=22, label="evaluated scale")
+    axis.plot([r.cost(unit) for r in front], [r.top1 for r in front], "o-", color="tab:red", label="Pareto front")
+    for row in front:
+        axis.annotate(f"{row.scale.frames}x{row.scale.resolution}", (row.cost(unit), row.top1), fontsize=8,
+                      xytext=(4, -10), textcoords="offset points")
+    axis.set_xscale("log")
+    axis.set_xlabel("forward milliseconds at batch 1, this machine" if unit == "ms" else "forward GFLOPs")
+    axis.set_ylabel("top-1 (%)")
+    axis.set_title("accuracy against cost per scale (frames x resolution)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

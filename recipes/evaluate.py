@@ -5,7 +5,9 @@
     python recipes/evaluate.py --model M --manifest D --probes          # also 1-NN retrieval and a linear probe
 
 Prints a table of top-1 accuracy (rows: frames, columns: resolution), writes CSV/JSON and a heatmap PNG of top-1
-to --output_dir. Protocol: frames spread uniformly over each video (per temporal clip when --clips > 1),
+to --output_dir, and the accuracy against forward cost per scale (pareto.png: time measured on this machine, at
+batch 1). It also records the grid in the model folder (scale_accuracy.json; --no_save_to_model to leave the
+folder alone), where `predict.py --budget_ms` and `compute_budget.pick_scale` find it. Protocol: frames spread uniformly over each video (per temporal clip when --clips > 1),
 shortest-side resize to the resolution then --crops crops along the longer side; view probabilities averaged.
 The patch size at each resolution follows the model's scale_mode (static tokens: resolution / 14 for 224/16 models).
 The probes use frozen CLS features of the --probe_train_split (train) and --split (test) sets at each grid scale.
@@ -24,7 +26,8 @@ from modeling_stretchysnake import StretchySnakeForVideoClassification, Stretchy
 from modeling_stretchysnake.data import VideoClipDataset, VideoDecodeError
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
 from modeling_stretchysnake.probes import probe_scores
-from modeling_stretchysnake.reporting import format_table, write_results
+from modeling_stretchysnake.compute_budget import cost_table, pareto_front, save_scale_accuracy
+from modeling_stretchysnake.reporting import format_table, plot_pareto, write_results
 from modeling_stretchysnake.scales import Scale, ScaleSampler
 from modeling_stretchysnake.trainer import StretchySnakeTrainer
 
@@ -43,6 +46,10 @@ def parse(argv=None):
     parser.add_argument("--probe_train_split", default="train")
     parser.add_argument("--decoder", default="auto")
     parser.add_argument("--output_dir", default="outputs/evaluation")
+    parser.add_argument("--no_save_to_model", action="store_true",
+                        help="do not write scale_accuracy.json into the model folder")
+    parser.add_argument("--cost", choices=["ms", "gflops", "none"], default="ms",
+                        help="cost axis of pareto.png: forward ms measured here, GFLOPs, or no plot")
     return parser.parse_args(argv)
 
 
@@ -79,6 +86,19 @@ def main(argv=None):
           + (f": {unreadable}" if unreadable else "") + f"\nresults: {paths['csv']}, heatmap: {paths['png']}")
     for metric in ("top1", "mean_class_acc") + (("knn_top1", "linear_probe_top1") if args.probes else ()):
         print(f"\n{format_table(results, metric)}")
+    if not args.no_save_to_model:
+        print(f"\nscale grid recorded for compute budgets: {save_scale_accuracy(results, args.model)}")
+    if args.cost != "none":
+        accuracy = {scale: values["top1"] for scale, values in results.items()}
+        table = cost_table(model, accuracy, args.cost)
+        plot_pareto(table, Path(args.output_dir) / "pareto.png", args.cost)
+        unit = "ms" if args.cost == "ms" else "GFLOPs"
+        print(f"\naccuracy against cost ({unit} forward at batch 1), Pareto front marked *: "
+              f"{Path(args.output_dir) / 'pareto.png'}")
+        front = {row.scale for row in pareto_front(table, args.cost)}
+        for row in sorted(table, key=lambda r: r.cost(args.cost)):
+            print(f"  {'*' if row.scale in front else ' '} {row.scale.frames:>3} f x {row.scale.resolution:>4} px: "
+                  f"{row.top1:5.1f}%  {row.cost(args.cost):9.3g} {unit}")
     return results
 
 

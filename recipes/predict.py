@@ -2,9 +2,12 @@
 
     python recipes/predict.py --model outputs/stretchysnake-embedded/final --video clip.mp4 --frames 16 --resolution 112
     python recipes/predict.py --model M --video clip.mp4 --pipeline     # through transformers' pipeline()
+    python recipes/predict.py --model M --video clip.mp4 --budget_ms 20 # the most accurate scale within 20 ms
 
 The video is decoded at the requested frames x resolution (frames spread over the whole clip, shortest-side
-resize + centre crop) and classified in one forward pass.
+resize + centre crop) and classified in one forward pass. With --budget_ms (forward milliseconds at batch 1 on
+this machine, measured on first use and cached) or --budget_gflops, the scale is the most accurate one within
+the budget according to the model's evaluated grid (scale_accuracy.json, written by train.py and evaluate.py).
 """
 
 from __future__ import annotations
@@ -32,10 +35,21 @@ def main(argv=None):
     parser.add_argument("--resolution", type=int, default=None, help="default: the processor's resolution")
     parser.add_argument("--top_k", type=int, default=5)
     parser.add_argument("--pipeline", action="store_true", help="run through transformers.pipeline")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--budget_ms", type=float, default=None,
+                        help="pick the most accurate evaluated scale whose forward time here fits (ms, batch 1)")
+    budget.add_argument("--budget_gflops", type=float, default=None,
+                        help="pick the most accurate evaluated scale whose forward GFLOPs fit")
     args = parser.parse_args(argv)
     for name in ("frames", "resolution", "top_k"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1 (a scale is frames x resolution, e.g. --frames 16 --resolution 112)")
+    for name in ("budget_ms", "budget_gflops"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive")
+    budgeted = args.budget_ms is not None or args.budget_gflops is not None
+    if budgeted and (args.frames is not None or args.resolution is not None):
+        parser.error("give a budget or a scale (--frames/--resolution), not both")
 
     model = StretchySnakeForVideoClassification.from_pretrained(args.model).eval()
     try:
@@ -44,6 +58,15 @@ def main(argv=None):
         processor = StretchySnakeVideoProcessor(num_frames=model.config.num_frames, resolution=model.config.image_size)
     frames = processor.num_frames if args.frames is None else args.frames
     resolution = processor.resolution if args.resolution is None else args.resolution
+    if budgeted:
+        from modeling_stretchysnake.compute_budget import explain, pick_scale
+
+        try:
+            choice, table = pick_scale(model, args.model, args.budget_ms, args.budget_gflops)
+        except FileNotFoundError as error:
+            parser.error(str(error))
+        print(explain(choice, table, args.budget_ms, args.budget_gflops))
+        frames, resolution = choice.scale.frames, choice.scale.resolution
     if args.pipeline:
         from transformers import pipeline
 

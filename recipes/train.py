@@ -32,6 +32,7 @@ from modeling_stretchysnake import (
     StretchySnakeForVideoClassification,
     StretchySnakeVideoProcessor,
 )
+from modeling_stretchysnake.compute_budget import save_scale_accuracy
 from modeling_stretchysnake.data import VideoClipDataset
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
 from modeling_stretchysnake.reporting import format_table, plot_heatmaps, plot_training_curves, write_results
@@ -180,8 +181,11 @@ def train_and_evaluate(args, training_args, model, sampler, eval_scales, process
         token_batch_loss=args.token_batch_loss,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(str(Path(training_args.output_dir) / "final"))
+    final = Path(training_args.output_dir) / "final"
+    trainer.save_model(str(final))
     metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():  # the evaluated grid travels with the model, for compute budgets
+        save_scale_accuracy(trainer.last_scale_results, final)
     return trainer, metrics
 
 

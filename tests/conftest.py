@@ -33,6 +33,12 @@ def small_config(**overrides) -> StretchySnakeConfig:
     return StretchySnakeConfig(**values)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def cost_cache_in_a_temporary_folder(tmp_path_factory):
+    """compute_budget caches measured forward times under the home folder: keep the tests' out of it."""
+    os.environ["STRETCHYSNAKE_CACHE"] = str(tmp_path_factory.mktemp("stretchysnake_cache"))
+
+
 @pytest.fixture
 def config():
     return small_config()

@@ -1,4 +1,5 @@
 import json
+import shutil
 import sys
 
 import pytest
@@ -74,3 +75,46 @@ def test_pipeline_with_trust_remote_code_uses_the_saved_processor(saved):
                                   str(classify.model.config.num_frames), "--resolution", "16", "--top_k", "2"])
     assert [r["label"] for r in piped] == [label for label, _ in direct]
     assert piped[0]["score"] == pytest.approx(direct[0][1], abs=1e-5)
+
+
+def test_compute_budget_picks_the_most_accurate_scale_that_fits(saved, tmp_path, monkeypatch, capsys):
+    """evaluate.py records the grid in the model folder and plots accuracy against cost; predict.py --budget_ms
+    then runs at the most accurate recorded scale whose forward time, measured here on first use, fits."""
+    from modeling_stretchysnake import compute_budget
+    from modeling_stretchysnake.scales import Scale
+
+    monkeypatch.setenv("STRETCHYSNAKE_CACHE", str(tmp_path / "cache"))
+    model_dir = tmp_path / "model"
+    shutil.copytree(saved / "model", model_dir)
+    evaluate_recipe.main(["--model", str(model_dir), "--manifest", str(saved / "data" / "manifest"), "--frames", "2",
+                          "4", "--resolutions", "16", "32", "--output_dir", str(tmp_path / "eval")])
+    assert (tmp_path / "eval" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Pareto front marked *" in capsys.readouterr().out
+    recorded = compute_budget.load_scale_accuracy(model_dir)
+    assert set(recorded) == {Scale(2, 16, 4), Scale(2, 32, 8), Scale(4, 16, 4), Scale(4, 32, 8)}
+    assert list((tmp_path / "cache" / "costs").glob("*.json"))  # the cost table is cached
+
+    # a known accuracy table: the biggest scale is the best, the smallest the worst
+    accuracy = {Scale(2, 16, 4): 50.0, Scale(4, 16, 4): 70.0, Scale(2, 32, 8): 80.0, Scale(4, 32, 8): 90.0}
+    compute_budget.save_scale_accuracy({s: {"top1": v} for s, v in accuracy.items()}, model_dir)
+    model = StretchySnakeForVideoClassification.from_pretrained(model_dir).eval()
+    _, table = compute_budget.pick_scale(model, model_dir, budget_ms=1e9)
+    costs = {row.scale: row.milliseconds for row in table}
+    assert compute_budget.pick_scale(model, model_dir, budget_ms=1e9)[0].scale == Scale(4, 32, 8)
+    tight = compute_budget.pick_scale(model, model_dir, budget_ms=min(costs.values()) * 0.5)[0]
+    assert tight.scale == min(costs, key=costs.get)  # nothing fits: the cheapest
+    by_flops = {row.scale: row.gflops for row in compute_budget.pick_scale(model, accuracy, budget_gflops=1e9)[1]}
+    assert by_flops[Scale(4, 32, 8)] > by_flops[Scale(2, 16, 4)] > 0
+    middle = sorted(by_flops.values())[1] * 1.01  # the two cheapest fit: the more accurate of them is picked
+    fits = [s for s, g in by_flops.items() if g <= middle]
+    assert compute_budget.pick_scale(model, accuracy, budget_gflops=middle)[0].scale == max(fits, key=accuracy.get)
+    front = compute_budget.pareto_front(compute_budget.cost_table(model, accuracy, "gflops"), "gflops")
+    assert [row.top1 for row in front] == sorted(row.top1 for row in front)
+
+    video = next((saved / "data" / "test" / "move_left").glob("*.mp4"))
+    results = predict_recipe.main(["--model", str(model_dir), "--video", str(video), "--budget_gflops", "1e9",
+                                   "--top_k", "2"])
+    printed = capsys.readouterr().out
+    assert "running at 4 frames x 32 px" in printed and "at 4 frames x 32 px:" in printed and len(results) == 2
+    with pytest.raises(SystemExit):
+        predict_recipe.main(["--model", str(model_dir), "--video", str(video), "--budget_ms", "5", "--frames", "2"])
