@@ -79,29 +79,29 @@ def main(argv=None):
         start = time.perf_counter()
         with log.open("w") as handle:
             completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, text=True,
-                                       env={"PYTHONPATH": str(ROOT), **_env()})
+                                       env={"PYTHONPATH": str(ROOT), **clean_env()})
         wall[name] = time.perf_counter() - start
         if completed.returncode != 0:
             print(f"{name}: failed\n{log.read_text()[-2000:]}")
             continue
         rows = json.loads((run_dir / "scale_grid.json").read_text())
         results[name] = {(r["frames"], r["resolution"]): r["top1"] for r in rows}
-        print(f"{name}: {wall[name] / 60:.1f} min; grid mean {_mean(results[name]):.1f}", flush=True)
+        print(f"{name}: {wall[name] / 60:.1f} min; grid mean {grid_mean(results[name]):.1f}", flush=True)
 
     (out / f"summary_seed{args.seed}.json").write_text(
         json.dumps({n: {f"{f}x{r}": v for (f, r), v in g.items()} for n, g in results.items()}, indent=2))
     print(f"\n{len(args.runs)} runs of {args.steps} steps x 8 clips, seed {args.seed}, task {args.task}; test: "
           f"{args.eval_per_class} videos/class, 5 classes (chance 20%); top-1 (%)")
     for name, grid in results.items():
-        print(f"\n{name}\n{_grid_table(grid, args.eval_frames, args.eval_resolutions)}")
+        print(f"\n{name}\n{grid_table(grid, args.eval_frames, args.eval_resolutions)}")
     fixed_label = f"@ {FIXED_SCALE[0]}x{FIXED_SCALE[1]}"
     print(f"\n{'run':<16} {'grid mean':>10} {'worst cell':>10} {fixed_label:>8} {'minutes':>8}")
-    for name, grid in sorted(results.items(), key=lambda item: -_mean(item[1])):  # ranked by grid mean
-        print(f"{name:<16} {_mean(grid):>10.1f} {min(grid.values()):>10.1f} "
+    for name, grid in sorted(results.items(), key=lambda item: -grid_mean(item[1])):  # ranked by grid mean
+        print(f"{name:<16} {grid_mean(grid):>10.1f} {min(grid.values()):>10.1f} "
               f"{grid.get(FIXED_SCALE, float('nan')):>8.1f} {wall[name] / 60:>8.1f}")
     for line in goal_lines(results):
         print(line)
-    flexible = {n: _mean(g) for n, g in results.items() if n != "fixed"}
+    flexible = {n: grid_mean(g) for n, g in results.items() if n != "fixed"}
     if flexible:
         best = max(flexible, key=flexible.get)
         print(f"best variant on this budget: {best} (grid mean {flexible[best]:.1f})")
@@ -121,22 +121,22 @@ def goal_lines(results: dict) -> list[str]:
         spread = max(tokens.values()) - min(tokens.values())
         lines.append(f"static_tokens: every cell within {spread:.1f} points of its best (goal <= 5)")
         if "fixed" in results:
-            lines.append(f"static_tokens vs fixed: grid mean {_mean(tokens) - _mean(results['fixed']):+.1f} points "
+            lines.append(f"static_tokens vs fixed: grid mean {grid_mean(tokens) - grid_mean(results['fixed']):+.1f} points "
                          "(goal >= +20)")
     return lines
 
 
-def _env():
+def clean_env():
     import os
 
     return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
 
-def _mean(grid) -> float:
+def grid_mean(grid) -> float:
     return sum(grid.values()) / len(grid)
 
 
-def _grid_table(grid, frames, resolutions) -> str:
+def grid_table(grid, frames, resolutions) -> str:
     lines = [f"{'':>8} " + " ".join(f"{r:>6}px" for r in resolutions)]
     for f in frames:
         lines.append(f"{f:>6} f " + " ".join(f"{grid.get((f, r), float('nan')):>8.1f}" for r in resolutions))

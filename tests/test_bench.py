@@ -58,3 +58,14 @@ def test_processes_benchmark_reports_both_pool_sizes(tmp_path):
                         tmp_path)
     assert "pool follows torch (default)" in result.stdout and "one-per-core pool / torch-sized pool" in result.stdout
     assert "numba pool [1]" in result.stdout  # OMP_NUM_THREADS=1: the default pool has one thread
+
+
+def test_token_budget_benchmark_runs_both_batchings(tmp_path):
+    result = run_script([sys.executable, str(ROOT / "bench" / "token_budget.py"), "--runs", "fixed_batch",
+                         "tokens_mean", "--seconds", "1", "--probe_steps", "2", "--train_per_class", "4",
+                         "--eval_per_class", "1", "--eval_frames", "2", "--eval_resolutions", "56",
+                         "--data_root", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")], tmp_path)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary) == {"fixed_batch", "tokens_mean"}
+    assert summary["fixed_batch"]["clips_per_step"] == 8 and summary["tokens_mean"]["clips_per_step"] > 8
+    assert "clips/s" in result.stdout.splitlines()[-3]
