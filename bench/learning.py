@@ -71,6 +71,13 @@ RUNS = {
     "ours_grid_4_mean_pooling": {"grid": 4, "pooling": "mean"},
     "ours_grid_4_mean_pooling_temporal_sincos": {"grid": 4, "pooling": "mean", "temporal_init": "sincos"},
     "ours_grid_4_temporal_sincos": {"grid": 4, "temporal_init": "sincos"},
+    "ours_cls_middle_task_default": {"cls_position": "middle", "task": "default"},
+    "ours_proj_kaiming_task_default": {"proj_init": "kaiming_uniform", "task": "default"},
+    # the result, side by side (--base pos_init=sincos lr=2e-3 task=easy grid=4, 300 clips per class)
+    "ours_cls_ends": {"cls_position": "ends"},
+    "ours_cls_ends_task_default": {"cls_position": "ends", "task": "default"},
+    "ours_task_default": {"task": "default"},
+    "videomae_task_default": {"model": "videomae", "task": "default"},
 }
 BASELINE = {"model": "stretchysnake", "lr": 1e-3, "warmup": 20, "pooling": "cls", "dt_init": "mamba",
             "temporal_init": "zeros", "pos_init": "trunc_normal", "drop_path": 0.0, "task": "default",
@@ -278,10 +285,11 @@ def main(argv=None):
             print(f"  {name:<28} " + " ".join(f"{v:.1e}" for v in values))
         return
 
+    grid = baseline["grid"]
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads; width {WIDTH}, "
-          f"depth {DEPTH}, {args.frames} frames x {args.resolution} px ({GRID}x{GRID} tokens), batch {args.batch}, "
-          f"{args.steps} steps, {args.train_per_class}/{args.eval_per_class} clips per class; baseline {baseline}",
-          flush=True)
+          f"depth {DEPTH}, {args.frames} frames x {args.resolution} px ({grid}x{grid} tokens unless a run changes "
+          f"it), batch {args.batch}, {args.steps} steps, {args.train_per_class}/{args.eval_per_class} clips per "
+          f"class; baseline {baseline}", flush=True)
     data, rows = {}, {}
     for name in args.runs:
         settings = {**baseline, **RUNS[name]}
