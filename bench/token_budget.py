@@ -10,8 +10,9 @@ generated data), run by recipes/train.py in one subprocess per run:
 - tokens_mean: --tokens_per_device_batch 1024 (16 clips of 4 frames, 8 of 8 frames: the same tokens every step),
   loss averaged over each step's clips, the same learning rate for every step;
 - tokens_scaled: the same batches, each step's loss scaled by its clips / the expected clips per step.
-Each run is first timed for --probe_steps steps; its step count for the budget is then budget / seconds per
-step, so every run trains for about the same wall time (the cosine schedule ends with it). Prints each run's
+Each run is first timed for --probe_steps and for twice as many steps; the difference gives its seconds per step
+without the start-up (data loading, first-call compilation), and its step count for the budget is budget /
+seconds per step, so every run trains for about the same wall time (the cosine schedule ends with it). Prints each run's
 grid, grid mean, clips/s and wall time.
 """
 
@@ -38,7 +39,7 @@ RUNS = {
 
 def train(name: str, steps: int, args, out: Path, evaluate: bool) -> tuple[dict, float, str]:
     """Run the recipe; returns (grid, train seconds, log text)."""
-    run_dir = out / (name if evaluate else f"{name}_probe")
+    run_dir = out / (name if evaluate else f"{name}_probe{steps}")
     command = [sys.executable, str(ROOT / "recipes" / "train.py"), *RUNS[name], "--max_steps", str(steps),
                "--output_dir", str(run_dir), "--baseline", "none", "--seed", str(args.seed),
                "--data_root", args.data_root, "--logging_steps", "1",
@@ -78,10 +79,11 @@ def main(argv=None):
     out = Path(args.output_dir)
     rows = {}
     for name in args.runs:
-        _, probe_seconds, _ = train(name, args.probe_steps, args, out, evaluate=False)
-        steps = max(1, round(args.seconds / (probe_seconds / args.probe_steps)))
-        print(f"{name}: {probe_seconds / args.probe_steps * 1000:.0f} ms a step in the probe -> {steps} steps",
-              flush=True)
+        short = train(name, args.probe_steps, args, out, evaluate=False)[1]
+        long = train(name, 2 * args.probe_steps, args, out, evaluate=False)[1]
+        per_step = max(long - short, 1e-3) / args.probe_steps
+        steps = max(1, round(args.seconds / per_step))
+        print(f"{name}: {per_step * 1000:.0f} ms a step in the probes -> {steps} steps", flush=True)
         start = time.perf_counter()
         grid, seconds, log = train(name, steps, args, out, evaluate=True)
         clips = sum(int(c) for c in re.findall(r"'clips': ([0-9]+)", log))  # every step is logged

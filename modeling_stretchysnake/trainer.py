@@ -77,15 +77,16 @@ class StretchySnakeTrainer(Trainer):
             tokens come closest to this number (see `MultiScaleBatchSampler`); None keeps
             `args.per_device_train_batch_size` clips every step.
         max_batch_size: the most clips a process takes in a step under a token budget.
-        token_batch_loss: how steps of different sizes count: "mean" (the default: the loss is the mean over the
-            step's clips and every step has the same learning rate) or "scaled" (the mean times clips / expected
-            clips per step, which scales a step's update with its size, like the linear learning-rate rule).
+        token_batch_loss: how steps of different sizes count under a token budget: "scaled" (the default: the
+            mean loss over the step's clips times clips / expected clips per step, so a step's update grows with
+            its size, the linear learning-rate rule; it trained better in bench/token_budget.py) or "mean" (every
+            step counts the same).
     """
 
     def __init__(self, *args, scale_sampler: ScaleSampler, eval_scales: Sequence[Scale] = (),
                  eval_views: tuple[int, int] = (1, 1), mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                  layer_decay: float = 1.0, tokens_per_batch: int | None = None, max_batch_size: int | None = None,
-                 token_batch_loss: str = "mean", **kwargs):
+                 token_batch_loss: str = "scaled", **kwargs):
         if token_batch_loss not in ("mean", "scaled"):
             raise ValueError(f"token_batch_loss must be 'mean' or 'scaled', got {token_batch_loss!r}")
         kwargs.setdefault("data_collator", collate_clips)
@@ -166,7 +167,7 @@ class StretchySnakeTrainer(Trainer):
             pixel_values, targets = mix_batch(pixel_values, targets, self.mixup_alpha, self.cutmix_alpha)
         outputs = model(pixel_values=pixel_values, patch_size=patch_size)
         loss = F.cross_entropy(outputs.logits.float(), targets)
-        if model.training and self.token_batch_loss == "scaled" and self._mean_clips:
+        if model.training and self.tokens_per_batch and self.token_batch_loss == "scaled" and self._mean_clips:
             loss = loss * (len(labels) / self._mean_clips)
         return (loss, outputs) if return_outputs else loss
 

@@ -85,8 +85,9 @@ class StretchySnakeArguments:
                 "grid cells per clip), so low-cost scales get bigger batches; default: a fixed batch"})
     max_per_device_batch: int | None = field(default=None, metadata={
         "help": "with a token budget: the most clips a process takes in a step (default: no cap)"})
-    token_batch_loss: str = field(default="mean", metadata={
-        "help": "with a token budget: 'mean' (every step counts the same) or 'scaled' (a step counts with its size)"})
+    token_batch_loss: str = field(default="scaled", metadata={
+        "help": "with a token budget: 'scaled' (a step counts with its size; measured better) or 'mean' (every "
+                "step counts the same)"})
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     layer_decay: float = 1.0
