@@ -92,6 +92,10 @@ class StretchySnakeArguments:
     cutmix_alpha: float = 0.0
     layer_decay: float = 1.0
     decoder: str = field(default="auto", metadata={"help": "auto (decord, then PyAV), decord or pyav"})
+    cpu_threads: int = field(default=0, metadata={
+        "help": "torch threads when training on the CPU: 0 = every core available when this is the only process "
+                "(accelerate's single-process launcher sets OMP_NUM_THREADS=1), the launcher's setting when there "
+                "are several"})
     baseline: str = field(default="auto", metadata={
         "help": "also train a fixed-scale model of the same size in this run, same steps, evaluated on the same grid: "
                 "FRAMESxRESOLUTION (e.g. 8x56), 'none', or 'auto' (the base scale on generated data, none otherwise)"})
@@ -196,6 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
     set_seed(training_args.seed)
     device = training_args.device  # sets up the process group: rank and world size are 0 and 1 before it
+    if device.type == "cpu" and (args.cpu_threads or training_args.world_size == 1):
+        # before the first scan call, so numba's pool is sized to match (selective_scan_numba)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(args.cpu_threads or cores)
     logger.info("process rank %d of world size %d (local rank %d, node rank %d) on %s with %d torch threads",
                 training_args.process_index, training_args.world_size, training_args.local_process_index,
                 int(os.environ.get("GROUP_RANK", 0)), device, torch.get_num_threads())

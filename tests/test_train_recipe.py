@@ -12,7 +12,7 @@ from modeling_stretchysnake.synthetic_actions import generate_action_dataset
 TINY_RUN = [
     "--max_steps", "4", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4",
     "--train_frames", "2", "3", "--train_resolutions", "28", "56", "--eval_frames", "2", "4",
-    "--eval_resolutions", "28", "--logging_steps", "1", "--base_frames", "4",
+    "--eval_resolutions", "28", "--logging_steps", "1", "--base_frames", "4", "--cpu_threads", "1",
 ]
 
 
@@ -102,3 +102,18 @@ def test_configs_combine_in_order():
                                                  str(configs / "variant_flexivit.yaml"), "--learning_rate", "3e-4"])
     assert args.variant == "flexivit" and args.train_resolutions == [240] and args.manifest == "manifests/ucf101"
     assert training_args.learning_rate == 3e-4
+
+
+def test_a_single_cpu_process_uses_every_core(manifest_dir, tmp_path):
+    """accelerate's single-process launcher sets OMP_NUM_THREADS=1; the recipe's default takes every core."""
+    import os
+
+    assert TINY_RUN[-2:] == ["--cpu_threads", "1"]
+    default_threads = TINY_RUN[:-2]
+    result = run_script([sys.executable, str(ROOT / "recipes" / "train.py"), "--manifest", str(manifest_dir),
+                         "--output_dir", str(tmp_path / "out"), "--baseline", "none", *default_threads], tmp_path)
+    cores = len(os.sched_getaffinity(0))
+    assert f"with {cores} torch threads" in result.stderr  # run_script sets OMP_NUM_THREADS=1
+    pinned = run_script([sys.executable, str(ROOT / "recipes" / "train.py"), "--manifest", str(manifest_dir),
+                         "--output_dir", str(tmp_path / "out1"), "--baseline", "none", *TINY_RUN], tmp_path)
+    assert "with 1 torch threads" in pinned.stderr
