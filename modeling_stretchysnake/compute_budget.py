@@ -92,8 +92,9 @@ def _cost_cache_file(model, device: torch.device) -> Path:
 
 
 @torch.inference_mode()
-def measure_milliseconds(model, scales: list[Scale], repeats: int = 3, use_cache: bool = True) -> dict[Scale, float]:
-    """Forward milliseconds at batch 1 on this machine (median of `repeats` after a warm-up), cached on disk."""
+def measure_milliseconds(model, scales: list[Scale], repeats: int = 7, use_cache: bool = True) -> dict[Scale, float]:
+    """Forward milliseconds at batch 1 on this machine, cached on disk: the median of `repeats` timings after a
+    warm-up, taken round-robin over the scales so that a slow spell of a shared machine is not charged to one."""
     device = next(model.parameters()).device
     cache = _cost_cache_file(model, device)
     known = {}
@@ -104,19 +105,19 @@ def measure_milliseconds(model, scales: list[Scale], repeats: int = 3, use_cache
         logger.info("measuring forward time at %d scale(s) on %s (cached in %s)", len(missing), device, cache)
         was_training = model.training
         model.eval()
-        for scale in missing:
-            pixels = _dummy_input(model, scale)
-            model(pixels, patch_size=scale.patch_size)  # warm-up (and first-use compilation)
-            times = []
-            for _ in range(repeats):
+        inputs = {scale: _dummy_input(model, scale) for scale in missing}
+        times = {scale: [] for scale in missing}
+        for round_index in range(repeats + 1):  # round 0 warms up (and compiles on first use)
+            for scale, pixels in inputs.items():
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
                 model(pixels, patch_size=scale.patch_size)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                times.append((time.perf_counter() - start) * 1000)
-            known[scale] = statistics.median(times)
+                if round_index:
+                    times[scale].append((time.perf_counter() - start) * 1000)
+        known.update({scale: statistics.median(values) for scale, values in times.items()})
         model.train(was_training)
         if use_cache:
             cache.parent.mkdir(parents=True, exist_ok=True)

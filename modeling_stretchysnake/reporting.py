@@ -133,10 +133,15 @@ def plot_pareto(table, path: str | Path, unit: str = "ms") -> None:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     axis.scatter([r.cost(unit) for r in table], [r.top1 for r in table], color="0.6", s=22, label="evaluated scale")
     axis.plot([r.cost(unit) for r in front], [r.top1 for r in front], "o-", color="tab:red", label="Pareto front")
-    for row in front:
-        axis.annotate(f"{row.scale.frames}x{row.scale.resolution}", (row.cost(unit), row.top1), fontsize=8,
+    for row in table:
+        on_front = row in front
+        axis.annotate(f"{row.scale.frames}x{row.scale.resolution}", (row.cost(unit), row.top1),
+                      fontsize=8 if on_front else 6, color="black" if on_front else "0.45",
                       xytext=(4, -10), textcoords="offset points")
     axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    axis.xaxis.set_minor_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    axis.ticklabel_format(axis="x", style="plain")
     axis.set_xlabel("forward milliseconds at batch 1, this machine" if unit == "ms" else "forward GFLOPs")
     axis.set_ylabel("top-1 (%)")
     axis.set_title("accuracy against cost per scale (frames x resolution)")
