@@ -146,6 +146,10 @@ def pareto_front(rows: list[ScaleCost], unit: str) -> list[ScaleCost]:
     return front
 
 
+def _unit_and_budget(budget_ms: float | None, budget_gflops: float | None) -> tuple[str, float]:
+    return ("ms", budget_ms) if budget_ms is not None else ("gflops", budget_gflops)
+
+
 def pick_scale(model, accuracy: str | Path | dict[Scale, float], budget_ms: float | None = None,
                budget_gflops: float | None = None) -> tuple[ScaleCost, list[ScaleCost]]:
     """The most accurate evaluated scale whose cost fits the budget (the cheaper one on a tie), and the table.
@@ -157,7 +161,7 @@ def pick_scale(model, accuracy: str | Path | dict[Scale, float], budget_ms: floa
         raise ValueError("give exactly one budget: budget_ms or budget_gflops")
     if not isinstance(accuracy, dict):
         accuracy = load_scale_accuracy(accuracy)
-    unit, budget = ("ms", budget_ms) if budget_ms is not None else ("gflops", budget_gflops)
+    unit, budget = _unit_and_budget(budget_ms, budget_gflops)
     if budget <= 0:
         raise ValueError(f"the budget must be positive, got {budget}")
     table = cost_table(model, accuracy, unit)
@@ -170,7 +174,7 @@ def pick_scale(model, accuracy: str | Path | dict[Scale, float], budget_ms: floa
 def explain(choice: ScaleCost, table: list[ScaleCost], budget_ms: float | None = None,
             budget_gflops: float | None = None) -> str:
     """One paragraph: what was picked, what it costs, what the next better scale would have cost."""
-    unit, budget = ("ms", budget_ms) if budget_ms is not None else ("gflops", budget_gflops)
+    unit, budget = _unit_and_budget(budget_ms, budget_gflops)
     label = "ms forward here" if unit == "ms" else "GFLOPs"
     s = choice.scale
     lines = [f"budget {budget:g} {label}: running at {s.frames} frames x {s.resolution} px (patch {s.patch_size}), "

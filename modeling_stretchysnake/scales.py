@@ -89,7 +89,7 @@ class ScaleSampler:
         if variant == "temporal" and len(self.resolutions) != 1:
             raise ValueError("the temporal variant keeps one resolution")
         for resolution in self.resolutions:
-            patches = [p for p in self._patches_for(resolution) if resolution % p == 0]
+            patches = self._drawable_patches(resolution)
             # flex_all draws among the given patches that divide each resolution; the others need every one to.
             if not patches or (variant != "flex_all" and len(patches) < len(self._patches_for(resolution))):
                 raise ValueError(f"{variant}: patch sizes {self._patches_for(resolution)} do not divide {resolution}")
@@ -103,14 +103,17 @@ class ScaleSampler:
             return tuple(self.patch_sizes) if self.patch_sizes else tuple(divisor_patches(resolution))
         return self.patch_sizes
 
+    def _drawable_patches(self, resolution: int) -> list[int]:
+        """The patch sizes a step at `resolution` draws from: the variant's that divide it."""
+        return [p for p in self._patches_for(resolution) if resolution % p == 0]
+
     def all_scales(self) -> list[Scale]:
         """Every scale this sampler can draw."""
         return [
             Scale(frames, resolution, patch)
             for frames in self.frames
             for resolution in self.resolutions
-            for patch in self._patches_for(resolution)
-            if resolution % patch == 0
+            for patch in self._drawable_patches(resolution)
         ]
 
     def distribution(self) -> list[tuple[Scale, float]]:
@@ -118,7 +121,7 @@ class ScaleSampler:
         weights: dict[Scale, float] = {}
         for frames in self.frames:
             for resolution in self.resolutions:
-                patches = [p for p in self._patches_for(resolution) if resolution % p == 0]
+                patches = self._drawable_patches(resolution)
                 for patch in patches:
                     scale = Scale(frames, resolution, patch)
                     weights[scale] = weights.get(scale, 0.0) + 1 / (len(self.frames) * len(self.resolutions) * len(patches))
@@ -129,7 +132,7 @@ class ScaleSampler:
         rng = random.Random(self.seed * 1_000_003 + step)
         frames = rng.choice(self.frames)
         resolution = rng.choice(self.resolutions)
-        patch = rng.choice([p for p in self._patches_for(resolution) if resolution % p == 0])
+        patch = rng.choice(self._drawable_patches(resolution))
         return Scale(frames, resolution, patch)
 
     def __repr__(self) -> str:
