@@ -25,13 +25,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from modeling_stretchysnake.synthetic_actions import TASKS as PACKAGE_TASKS
+
 WIDTH, DEPTH, GRID = 96, 4, 7
 TASKS = {  # render options of synthetic_actions.render_action
     "default": {},
     "quiet": {"noise": 4},
     "big_moves": {"side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},
-    "easy": {"noise": 4, "side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},  # synthetic_actions.TASKS["clear"]
-    "easy_no_noise": {"noise": 0, "side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},
+    "easy": PACKAGE_TASKS["clear"],
+    "easy_no_noise": {**PACKAGE_TASKS["clear"], "noise": 0},
 }
 # name -> changes against the baseline of its model
 RUNS = {
@@ -125,10 +127,11 @@ def build(settings: dict, args, num_labels: int) -> torch.nn.Module:
                                  time_step_max=settings["dt_max"],
                                  num_frames=args.frames, num_labels=num_labels, drop_path_rate=settings["drop_path"],
                                  pooling=settings["pooling"], position_embedding_init=settings["pos_init"],
-                                 projection_init=settings["proj_init"])
+                                 projection_init=settings["proj_init"],
+                                 cls_position="start" if settings["cls_position"] == "middle" else settings["cls_position"])
     model = StretchySnakeForVideoClassification(config)
-    if settings["cls_position"] != "start":
-        move_cls_token(model, settings["cls_position"])
+    if settings["cls_position"] == "middle":
+        move_cls_to_the_middle(model)
     with torch.no_grad():
         if settings["dt_init"] == "videomamba":  # VideoMamba's blanket init: every Linear trunc-normal, bias zero
             for layer in model.stretchysnake.layers:
@@ -143,28 +146,22 @@ def build(settings: dict, args, num_labels: int) -> torch.nn.Module:
     return model
 
 
-def move_cls_token(model, position: str) -> None:
-    """Study only: put the CLS token in the middle of the patch tokens (Vim's choice), at the end, or at both ends
-    ("ends", the same token twice, the two outputs averaged), and read it there."""
+def move_cls_to_the_middle(model) -> None:
+    """Study only: put the CLS token in the middle of the patch tokens (Vim's choice) and read it there. (Both
+    ends is the package's `config.cls_position="ends"`.)"""
     embeddings, backbone = model.stretchysnake.embeddings, model.stretchysnake
     embed, backbone_forward = embeddings.forward, backbone.forward
-
-    def cls_indices(length: int) -> list[int]:  # length: patch tokens
-        return {"middle": [length // 2], "end": [length], "ends": [0, length + 1]}[position]
 
     def forward_embeddings(pixel_values, patch_size):
         tokens = embed(pixel_values, patch_size)
         cls, patches = tokens[:, :1], tokens[:, 1:]
-        if position == "ends":
-            return torch.cat([cls, patches, cls], dim=1)
-        i = cls_indices(patches.shape[1])[0]
-        return torch.cat([patches[:, :i], cls, patches[:, i:]], dim=1)
+        middle = patches.shape[1] // 2
+        return torch.cat([patches[:, :middle], cls, patches[:, middle:]], dim=1)
 
     def forward_backbone(pixel_values, patch_size=None, output_hidden_states=None, return_dict=None, **kwargs):
         outputs = backbone_forward(pixel_values, patch_size, output_hidden_states, True)
         hidden = outputs.last_hidden_state
-        patches = hidden.shape[1] - (2 if position == "ends" else 1)
-        outputs.pooler_output = hidden[:, cls_indices(patches)].mean(dim=1)
+        outputs.pooler_output = hidden[:, (hidden.shape[1] - 1) // 2]
         return outputs
 
     embeddings.forward, backbone.forward = forward_embeddings, forward_backbone
