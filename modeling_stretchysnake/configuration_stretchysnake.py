@@ -52,6 +52,12 @@ class StretchySnakeConfig(PretrainedConfig):
             mamba-ssm, else Triton on CUDA; else chunked), `"numba"`, `"triton"`, `"mamba_ssm"`, `"chunked"` or
             `"reference"`; the environment variable `STRETCHYSNAKE_SCAN_BACKEND` overrides it.
         scan_chunk_size (`int`, defaults to 16): chunk length of the pure-PyTorch chunked scan.
+        fused_mixer (`bool`, defaults to `True`): run each block's whole bidirectional mixer (conv, projections,
+            both scans, gate and out_proj) as one op where the scan backend has one: numba and Triton (this
+            package's kernels; the backward direction is scanned in reverse, never flipped) and mamba-ssm (its
+            `mamba_inner_fn` per direction). Autograd then keeps only in_proj's output and the scans' state
+            checkpoints and recomputes the rest in backward. `False` runs conv, projections and each scan as
+            separate ops (the only way for the chunked and reference scans).
         pooling (`str`, defaults to `"cls"`): what `pooler_output` (and so the classifier) reads: `"cls"`, the
             normalised CLS token (VideoMamba; see `cls_position`), or `"mean"`, the mean of the normalised patch
             tokens.
@@ -98,6 +104,7 @@ class StretchySnakeConfig(PretrainedConfig):
         scale_mode: str = "static_tokens",
         scan_backend: str = "auto",
         scan_chunk_size: int = 16,
+        fused_mixer: bool = True,
         pooling: str = "cls",
         cls_position: str = "start",
         position_embedding_init: str = "trunc_normal",
@@ -143,6 +150,7 @@ class StretchySnakeConfig(PretrainedConfig):
         self.scale_mode = scale_mode
         self.scan_backend = scan_backend
         self.scan_chunk_size = scan_chunk_size
+        self.fused_mixer = fused_mixer
         self.pooling = pooling
         self.cls_position = cls_position
         self.position_embedding_init = position_embedding_init

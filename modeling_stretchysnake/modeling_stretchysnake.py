@@ -20,7 +20,8 @@ from transformers.utils import ModelOutput
 
 from .configuration_stretchysnake import StretchySnakeConfig
 from .resizing import resample_spatial_pos_embed, resample_temporal_pos_embed, resize_patch_kernel
-from .selective_scan import selective_scan
+from .bidirectional_mixer import bidirectional_mixer_fused, bidirectional_mixer_mamba_ssm
+from .selective_scan import load_mamba_inner_fn, resolve_scan_backend, selective_scan
 
 
 @dataclass
@@ -62,6 +63,33 @@ def drop_path(hidden: torch.Tensor, rate: float, training: bool) -> torch.Tensor
     return hidden * mask / keep
 
 
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm that keeps only its input and the (…, 1) inverse RMS for backward and recomputes the normalised
+    tokens there: plain autograd would also keep them, one more (…, hidden) tensor per block."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, eps):
+        normalised, inverse_rms = _rms_normalise(hidden, eps)
+        ctx.save_for_backward(hidden, weight, inverse_rms)
+        return (weight * normalised.to(weight.dtype)).to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, inverse_rms = ctx.saved_tensors
+        normalised = hidden.to(inverse_rms.dtype) * inverse_rms
+        grad_out = grad_out.to(inverse_rms.dtype)
+        grad_weight = (grad_out * normalised).reshape(-1, normalised.shape[-1]).sum(0)
+        grad_normalised = grad_out * weight.to(inverse_rms.dtype)
+        grad_hidden = inverse_rms * (grad_normalised - normalised * (grad_normalised * normalised).mean(-1, keepdim=True))
+        return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), None
+
+
+def _rms_normalise(hidden: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden = hidden.to(torch.promote_types(hidden.dtype, torch.float32))  # at least float32
+    inverse_rms = torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps)
+    return hidden * inverse_rms, inverse_rms
+
+
 class StretchySnakeRMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-5):
         super().__init__()
@@ -69,10 +97,10 @@ class StretchySnakeRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        dtype = hidden.dtype
-        hidden = hidden.float()
-        hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight * hidden.to(self.weight.dtype)).to(dtype)
+        if torch.is_grad_enabled() and (hidden.requires_grad or self.weight.requires_grad):
+            return _RMSNormFunction.apply(hidden, self.weight, self.eps)
+        normalised, _ = _rms_normalise(hidden, self.eps)
+        return (self.weight * normalised.to(self.weight.dtype)).to(hidden.dtype)
 
 
 def resolve_patch_size(config: StretchySnakeConfig, height: int, width: int, patch_size: int | None = None) -> int:
@@ -181,26 +209,69 @@ class StretchySnakeMixer(nn.Module):
         x_dbl = x_proj(x.transpose(1, 2))  # (B, L, rank + 2N)
         dt, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias is added inside the scan
+        state_dtype = torch.promote_types(x.dtype, torch.float32)
         return selective_scan(
             x,
             delta,
-            -torch.exp(A_log.float()),
+            -torch.exp(A_log.to(state_dtype)),
             B.transpose(1, 2),
             C.transpose(1, 2),
-            getattr(self, f"D{suffix}").float(),
+            getattr(self, f"D{suffix}").to(state_dtype),
             z=z,
-            delta_bias=dt_proj.bias.float(),
+            delta_bias=dt_proj.bias.to(state_dtype),
             delta_softplus=True,
             backend=self.config.scan_backend,
             chunk_size=self.config.scan_chunk_size,
         )
 
+    def _stacked_parameters(self) -> tuple[torch.Tensor, ...]:
+        """Both directions' parameters stacked (forward, backward), in the fused op's layout."""
+        def pair(first, second):
+            return torch.stack([first, second])
+
+        return (
+            pair(self.conv1d.weight.squeeze(1), self.conv1d_b.weight.squeeze(1)),  # (2, d_inner, K)
+            pair(self.conv1d.bias, self.conv1d_b.bias),
+            pair(self.x_proj.weight, self.x_proj_b.weight),  # (2, rank + 2N, d_inner)
+            pair(self.dt_proj.weight, self.dt_proj_b.weight),  # (2, d_inner, rank)
+            pair(self.dt_proj.bias, self.dt_proj_b.bias),
+            -torch.exp(pair(self.A_log, self.A_b_log).to(torch.promote_types(self.A_log.dtype, torch.float32))),
+            pair(self.D, self.D_b),
+        )
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: (B, L, D)
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # each (B, d_inner, L)
-        forward = self._branch(x, z, "")
-        backward = self._branch(x.flip(-1), z.flip(-1), "_b").flip(-1)
-        return self.out_proj((forward + backward).transpose(1, 2))
+        xz = self.in_proj(hidden)  # (B, L, 2 * d_inner)
+        path = mixer_path(self.config, hidden.device)
+        # out_proj joins the fused op when it is a plain Linear (not, say, wrapped by an adapter library)
+        fuse_out_proj = type(self.out_proj) is nn.Linear and self.out_proj.bias is None
+        out_proj_weight = self.out_proj.weight if fuse_out_proj else None
+        if path == "fused":
+            out = bidirectional_mixer_fused(xz, *self._stacked_parameters(), out_proj_weight)
+        elif path == "mamba_ssm_fused" and fuse_out_proj:
+            out = bidirectional_mixer_mamba_ssm(load_mamba_inner_fn(), xz, *self._stacked_parameters(),
+                                               out_proj_weight)
+        else:
+            x, z = xz.transpose(1, 2).chunk(2, dim=1)  # each (B, d_inner, L)
+            forward = self._branch(x, z, "")
+            backward = self._branch(x.flip(-1), z.flip(-1), "_b").flip(-1)
+            return self.out_proj((forward + backward).transpose(1, 2))
+        return out if fuse_out_proj else self.out_proj(out)
+
+
+@torch.compiler.assume_constant_result  # compile / export: decided once while tracing, not traced into
+def mixer_path(config: StretchySnakeConfig, device: torch.device) -> str:
+    """How a mixer call runs: "fused" (the whole mixer as one op with numba or Triton kernels), "mamba_ssm_fused"
+    (mamba-ssm's fused inner function per direction), or "unfused" (conv, projections and one scan call per
+    direction as separate autograd ops: the chunked and reference scans, or `config.fused_mixer=False`)."""
+    backend = resolve_scan_backend(config.scan_backend, device)
+    if not config.fused_mixer:
+        return "unfused"
+    if backend in ("numba", "triton"):
+        return "fused"
+    if backend == "mamba_ssm" and load_mamba_inner_fn() is not None:
+        return "mamba_ssm_fused"
+    return "unfused"
 
 
 class StretchySnakeBlock(GradientCheckpointingLayer):

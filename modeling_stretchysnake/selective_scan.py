@@ -175,6 +175,24 @@ def load_mamba_ssm_scan():
     return _mamba_ssm_scan
 
 
+_mamba_inner_fn = None
+_mamba_inner_checked = False
+
+
+def load_mamba_inner_fn():
+    """mamba-ssm's fused ``mamba_inner_fn`` (conv, projections, scan, gate and out_proj), or None."""
+    global _mamba_inner_fn, _mamba_inner_checked
+    if not _mamba_inner_checked:
+        _mamba_inner_checked = True
+        try:
+            from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
+
+            _mamba_inner_fn = mamba_inner_fn
+        except Exception as error:  # ImportError, or the CUDA extension failing to load
+            logger.debug("mamba-ssm's mamba_inner_fn is not usable: %s", error)
+    return _mamba_inner_fn
+
+
 # What each explicitly named backend needs: (device type it runs on or None for any, availability check).
 _REQUIREMENTS = {
     "reference": (None, None),

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-CHECKPOINT_EVERY = 64  # at most this many steps between the states forward saves for backward
+CHECKPOINT_EVERY = 128  # at most this many steps between the states forward saves for backward
 GRADIENT_GROUPS = 16  # CPU: channel groups whose dB / dC partial sums are kept apart, then summed
 
 
@@ -26,9 +26,10 @@ GRADIENT_GROUPS = 16  # CPU: channel groups whose dB / dC partial sums are kept 
 @functools.cache
 def numba_kernels():
     """The numba kernels (compiled on first call, not here); raises ImportError without numba."""
-    from .selective_scan_numba import scan_backward, scan_forward, set_threads
+    from .selective_scan_numba import conv_silu_backward, conv_silu_forward, scan_backward, scan_forward, set_threads
 
-    return SimpleNamespace(scan_forward=scan_forward, scan_backward=scan_backward, set_threads=set_threads)
+    return SimpleNamespace(scan_forward=scan_forward, scan_backward=scan_backward, conv_silu_forward=conv_silu_forward,
+                           conv_silu_backward=conv_silu_backward, set_threads=set_threads)
 
 
 @functools.cache
@@ -114,7 +115,7 @@ if not _defined(_FORWARD):
         optional = [_numpy_or_empty(x, checkpoints, dims) for x, dims in ((D, 1), (z, 3), (delta_bias, 1))]
         out = u.new_empty(batch, d_inner, length, dtype=state_dtype)
         kernels.scan_forward(*cast, *optional, delta_softplus, D is not None, z is not None, delta_bias is not None,
-                             out.numpy(), checkpoints.numpy())
+                             False, False, out.numpy(), checkpoints.numpy())
         return out.to(u.dtype), checkpoints
 
     @selective_scan_fwd.register_fake
@@ -156,14 +157,15 @@ if not _defined(_BACKWARD):
             groups = min(d_inner, GRADIENT_GROUPS)
             new = functools.partial(torch.empty, dtype=dtype)
             grads = (new(batch, d_inner, length), new(batch, d_inner, length),
-                     new(batch, d_inner, length) if z is not None else new(0, 0, 0),
+                     torch.zeros(batch, d_inner, length, dtype=dtype) if z is not None else new(0, 0, 0),
                      new(batch, d_inner, n_state), new(batch, d_inner), new(batch, d_inner),
                      torch.zeros(batch, groups, length, n_state, dtype=dtype),
                      torch.zeros(batch, groups, length, n_state, dtype=dtype))
             inputs = [_numpy(x.to(dtype)) for x in (grad_out, u, delta, A.contiguous(), B_rows, C_rows)]
             optional = [_numpy_or_empty(x, checkpoints, dims) for x, dims in ((D, 1), (z, 3), (delta_bias, 1))]
             kernels.scan_backward(*inputs, *optional, checkpoints.numpy(), delta_softplus, D is not None,
-                                  z is not None, delta_bias is not None, *(g.numpy() for g in grads))
+                                  z is not None, delta_bias is not None, False, False, *(g.numpy() for g in grads),
+                                  new(0, 0, 0).numpy())
         grad_u, grad_delta, grad_z, grad_A, grad_D, grad_bias, grad_B, grad_C = grads
         return (
             grad_u.to(u.dtype),
