@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from .selective_scan_fused import (
     CHECKPOINT_EVERY,
-    GRADIENT_GROUPS,
     _defined,
+    gradient_groups,
     numba_kernels,
     triton_kernels,
 )
@@ -125,11 +125,11 @@ def _scan_backward(grad_y, u, delta, A, B_rows, C_rows, D, z, delta_bias, checkp
     batch, d_inner, length = u.shape
     n_state = A.shape[1]
     if _uses_numba(u):
-        groups = min(d_inner, GRADIENT_GROUPS)
+        groups = gradient_groups(batch, d_inner)
         new = functools.partial(torch.empty, dtype=u.dtype)
         grads = (new(batch, d_inner, length), new(batch, d_inner, length), grad_z, new(batch, d_inner, n_state),
-                 new(batch, d_inner), new(batch, d_inner), torch.zeros(batch, groups, length, n_state, dtype=u.dtype),
-                 torch.zeros(batch, groups, length, n_state, dtype=u.dtype))
+                 new(batch, d_inner), new(batch, d_inner), torch.empty(batch, groups, length, n_state, dtype=u.dtype),
+                 torch.empty(batch, groups, length, n_state, dtype=u.dtype))
         has_y = y_out is not None
         numba_kernels().scan_backward(
             grad_y.numpy(), u.numpy(), delta.numpy(), A.numpy(), B_rows.numpy(), C_rows.numpy(), D.numpy(),
@@ -149,11 +149,22 @@ def _scan_backward(grad_y, u, delta, A, B_rows, C_rows, D, z, delta_bias, checkp
 def _direction_inputs(xc, x_proj_weight, dt_proj_weight, rank, n_state):
     """xc (batch, d_inner, L) -> x_proj output pieces dt (batch, rank, L), B and C rows (batch, L, N), and
     delta = dt_proj(dt) without its bias (batch, d_inner, L)."""
-    x_dbl = torch.matmul(x_proj_weight, xc)  # (batch, rank + 2N, L)
+    x_dbl = _weight_times(x_proj_weight, xc)  # (batch, rank + 2N, L)
     dt = x_dbl[:, :rank]
     B_rows = x_dbl[:, rank:rank + n_state].transpose(1, 2).contiguous()
     C_rows = x_dbl[:, rank + n_state:].transpose(1, 2).contiguous()
-    return dt, B_rows, C_rows, torch.matmul(dt_proj_weight, dt)
+    return dt, B_rows, C_rows, _weight_times(dt_proj_weight, dt)
+
+
+def _weight_times(weight, x):
+    """weight (out, in) @ x (batch, in, L) -> (batch, out, L) as one batched GEMM on x's memory: torch.matmul would
+    fold the batch into rows of x.mT first, a copy of all of x."""
+    return torch.bmm(weight.expand(x.shape[0], *weight.shape), x)
+
+
+def _weight_gradient(grad, x):
+    """sum over the batch of grad (batch, out, L) @ x (batch, in, L).mT -> (out, in), without copying either."""
+    return torch.bmm(grad, x.transpose(1, 2)).sum(0)
 
 
 def _split(xz):
@@ -258,14 +269,15 @@ if not _defined(_BACKWARD):
                 grad_y.transpose(1, 2), xc, delta, A[direction], B_rows, C_rows, D[direction], z,
                 dt_proj_bias[direction], checkpoints[direction], reverse=direction == 1, grad_z=grad_z,
                 y_out=None if y is None else y.transpose(1, 2))
-            grad_dt = torch.matmul(dt_proj_weight[direction].t(), grad_delta)  # (batch, rank, L)
+            grad_dt = _weight_times(dt_proj_weight[direction].t(), grad_delta)  # (batch, rank, L)
             grad_x_dbl = torch.cat([grad_dt, grad_B.transpose(1, 2), grad_C.transpose(1, 2)], dim=1)
-            grads["dt_proj"].append(torch.einsum("bdl,brl->dr", grad_delta, dt))
-            grads["x_proj"].append(torch.einsum("bkl,bdl->kd", grad_x_dbl, xc))
-            grad_u.add_(torch.matmul(x_proj_weight[direction].t(), grad_x_dbl))
+            grads["dt_proj"].append(_weight_gradient(grad_delta, dt))
+            grads["x_proj"].append(_weight_gradient(grad_x_dbl, xc))
+            grad_u.baddbmm_(x_proj_weight[direction].t().expand(batch, -1, -1), grad_x_dbl)
             grad_xc.append(grad_u)
             for name, grad in (("dt_bias", grad_bias), ("A", grad_A), ("D", grad_D)):
                 grads[name].append(grad)
+            del dt, B_rows, C_rows, delta, grad_delta, grad_B, grad_C, grad_dt, grad_x_dbl  # before the next direction
         grad_conv_weight, grad_conv_bias = _conv_silu_backward(x, conv_weight, conv_bias, *grad_xc, grad_x)
         if out_proj_weight is None:
             grad_out_proj = xz.new_empty(0)

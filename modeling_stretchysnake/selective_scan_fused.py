@@ -18,7 +18,14 @@ from types import SimpleNamespace
 import torch
 
 CHECKPOINT_EVERY = 128  # at most this many steps between the states forward saves for backward
-GRADIENT_GROUPS = 16  # CPU: channel groups whose dB / dC partial sums are kept apart, then summed
+GRADIENT_TASKS = 32  # CPU backward: about this many (batch, channel group) tasks, at most 16 groups per batch item
+
+
+def gradient_groups(batch: int, d_inner: int) -> int:
+    """Channel groups per batch item in the CPU backward: each keeps its own (L, N) partial sums of dB and dC
+    (summed afterwards, so no atomics and the same result for any thread count). Enough groups to spread the work
+    over GRADIENT_TASKS tasks, few enough that the partials stay small next to the activations at large batch."""
+    return max(1, min(d_inner, 16, -(-GRADIENT_TASKS // batch)))
 
 
 # The kernels are imported on first use, in the `from .module import` form: transformers copies the files that
@@ -154,13 +161,13 @@ if not _defined(_BACKWARD):
             kernels = numba_kernels()
             kernels.set_threads(torch.get_num_threads())
             dtype = checkpoints.dtype
-            groups = min(d_inner, GRADIENT_GROUPS)
+            groups = gradient_groups(batch, d_inner)
             new = functools.partial(torch.empty, dtype=dtype)
             grads = (new(batch, d_inner, length), new(batch, d_inner, length),
                      torch.zeros(batch, d_inner, length, dtype=dtype) if z is not None else new(0, 0, 0),
                      new(batch, d_inner, n_state), new(batch, d_inner), new(batch, d_inner),
-                     torch.zeros(batch, groups, length, n_state, dtype=dtype),
-                     torch.zeros(batch, groups, length, n_state, dtype=dtype))
+                     torch.empty(batch, groups, length, n_state, dtype=dtype),
+                     torch.empty(batch, groups, length, n_state, dtype=dtype))
             inputs = [_numpy(x.to(dtype)) for x in (grad_out, u, delta, A.contiguous(), B_rows, C_rows)]
             optional = [_numpy_or_empty(x, checkpoints, dims) for x, dims in ((D, 1), (z, 3), (delta_bias, 1))]
             kernels.scan_backward(*inputs, *optional, checkpoints.numpy(), delta_softplus, D is not None,

@@ -292,8 +292,8 @@ def scan_backward(
     """Reverse scan. Inputs as in ``scan_forward`` plus grad_out (batch, d_inner, L). Writes grad_u,
     grad_delta (batch, d_inner, L); adds to grad_z (batch, d_inner, L, must be zero on entry or hold another
     direction's part); per-batch partials grad_A_parts (batch, d_inner, N), grad_D_parts and grad_bias_parts
-    (batch, d_inner); per-group partials grad_B_parts, grad_C_parts (batch, groups, L, N), which must be zero on
-    entry. With ``has_y`` it also adds the recomputed (gated) output to y_out (batch, d_inner, L), for the gradient
+    (batch, d_inner); per-group partials grad_B_parts, grad_C_parts (batch, groups, L, N). With ``has_y`` it
+    also adds the recomputed (gated) output to y_out (batch, d_inner, L), for the gradient
     of a projection after the scan. grad_delta is with respect to the raw delta (before bias and softplus). The
     three (batch, d_inner, L) outputs may have any strides."""
     batch, d_inner, length = u.shape
@@ -314,6 +314,10 @@ def scan_backward(
         grad_state = np.empty(n_state, dtype=u.dtype)
         grad_A = np.empty(n_state, dtype=u.dtype)
         sums = np.empty(2, dtype=u.dtype)  # grad_D, grad_bias of the channel
+        for t in range(length):  # zeroed here, by the thread that fills them, not by a separate pass
+            for n in range(n_state):
+                grad_B_parts[b, g, t, n] = zero
+                grad_C_parts[b, g, t, n] = zero
         for d in range(g * per_group, min((g + 1) * per_group, d_inner)):
             bias = delta_bias[d] if has_bias else zero
             skip = D[d] if has_D else zero

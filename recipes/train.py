@@ -54,6 +54,9 @@ DEFAULT_TRAINING_FLAGS = [
     "--warmup_steps", "10", "--lr_scheduler_type", "cosine", "--label_smoothing_factor", "0.1",
     "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--seed", "0",
     "--dataloader_num_workers", "0",
+    # Every variant trains every parameter each step (the head, both scan directions, the resized kernel and position
+    # tables): DDP need not traverse the graph for unused ones, which it otherwise does at every step.
+    "--ddp_find_unused_parameters", "false",
 ]
 
 

@@ -1,0 +1,74 @@
+"""Training-step time, round-robin in one process: StretchySnake (fused mixer), StretchySnake with the old unfused
+mixer, and transformers' VideoMAE of equal width, depth and tokens.
+
+    python bench/training_step.py                     # 8 x 56 (patch 14), 8 x 112, 8 x 224; width 96, depth 4
+    python bench/training_step.py --threads 1 2 --scales 8x56 --repeats 9
+
+One training step = forward, cross-entropy on a 5-class head, backward, AdamW step, batch --batch (8). 56 px uses
+the main job's model (patch 14, a 4 x 4 grid, CLS at both ends); other sizes patch 16. Models are timed in turn
+(a step of each, then the next round), so load on the machine hits them alike; at one thread the figure is CPU
+time (``time.process_time``), the steadiest on a shared machine, else wall time. Medians and ratios to VideoMAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from scaling import UNFUSED, build, train_patch, videomae_positions
+
+MODELS = ("stretchysnake", UNFUSED, "videomae")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", nargs="+", default=["8x56", "8x112", "8x224"], help="frames x resolution")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--width", type=int, default=96)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds after one warm-up round (median)")
+    args = parser.parse_args(argv)
+    # numba sizes its thread pool from torch's thread count when first imported: import it before going to 1 thread
+    from modeling_stretchysnake.selective_scan_fused import numba_kernels
+
+    numba_kernels()
+    print(f"torch {torch.__version__}; width {args.width}, depth {args.depth}, batch {args.batch}; "
+          f"median of {args.repeats} round-robin steps after a warm-up; ms per training step", flush=True)
+    print(f"{'threads':>7} {'scale':>7} " + " ".join(f"{m:>22}" for m in MODELS) + "   ratios to videomae")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        clock = time.process_time if threads == 1 else time.perf_counter
+        for scale in args.scales:
+            frames, resolution = map(int, scale.split("x"))
+            patch = train_patch(resolution)
+            steps = {}
+            for name in MODELS:
+                torch.manual_seed(0)
+                model = build(name, width=args.width, depth=args.depth, classifier=True, patch=patch).train()
+                if name == "videomae":
+                    videomae_positions(model, frames, resolution, patch)
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+                steps[name] = (model, optimizer)
+            pixel_values = torch.randn(args.batch, frames, 3, resolution, resolution)
+            labels = torch.arange(args.batch) % 5
+            times = {name: [] for name in MODELS}
+            for round_index in range(args.repeats + 1):
+                for name, (model, optimizer) in steps.items():
+                    start = clock()
+                    model(pixel_values, labels=labels).loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if round_index:
+                        times[name].append(clock() - start)
+            medians = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+            ratios = ", ".join(f"{name} {medians[name] / medians['videomae']:.2f}" for name in MODELS[:2])
+            print(f"{threads:>7} {scale:>7} " + " ".join(f"{medians[m]:>22.1f}" for m in MODELS) + f"   {ratios}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
