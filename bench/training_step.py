@@ -3,17 +3,21 @@ mixer, and transformers' VideoMAE of equal width, depth and tokens.
 
     python bench/training_step.py                     # 8 x 56 (patch 14), 8 x 112, 8 x 224; width 96, depth 4
     python bench/training_step.py --threads 1 2 --scales 8x56 --repeats 9
+    python bench/training_step.py --busy --scales 8x56      # another process keeps one core busy meanwhile
 
 One training step = forward, cross-entropy on a 5-class head, backward, AdamW step, batch --batch (8). 56 px uses
 the main job's model (patch 14, a 4 x 4 grid, CLS at both ends); other sizes patch 16. Models are timed in turn
 (a step of each, then the next round), so load on the machine hits them alike; at one thread the figure is CPU
-time (``time.process_time``), the steadiest on a shared machine, else wall time. Medians and ratios to VideoMAE.
+time (``time.process_time``), the steadiest on a shared machine, else (and with --busy) wall time. Medians, and
+ratios to VideoMAE.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -31,7 +35,20 @@ def main(argv=None):
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds after one warm-up round (median)")
+    parser.add_argument("--busy", action="store_true",
+                        help="keep one core busy with another process while timing (a shared machine); wall time")
     args = parser.parse_args(argv)
+    busy = None
+    if args.busy:
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        run(args)
+    finally:
+        if busy is not None:
+            busy.kill()
+
+
+def run(args):
     # numba sizes its thread pool from torch's thread count when first imported: import it before going to 1 thread
     from modeling_stretchysnake.selective_scan_fused import numba_kernels
 
@@ -41,7 +58,7 @@ def main(argv=None):
     print(f"{'threads':>7} {'scale':>7} " + " ".join(f"{m:>22}" for m in MODELS) + "   ratios to videomae")
     for threads in args.threads:
         torch.set_num_threads(threads)
-        clock = time.process_time if threads == 1 else time.perf_counter
+        clock = time.process_time if threads == 1 and not args.busy else time.perf_counter
         for scale in args.scales:
             frames, resolution = map(int, scale.split("x"))
             patch = train_patch(resolution)

@@ -206,8 +206,8 @@ if not _defined(_FORWARD):
     def _forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, out_proj_weight):
         batch, length, _ = xz.shape
         rank, n_state = dt_proj_weight.shape[2], A.shape[2]
-        x, z = _split(xz)
-        y = xz.new_empty(batch, length, xz.shape[-1] // 2)  # the sum of both directions, in (batch, L, d_inner)
+        x, z = _split(xz.to(A.dtype))  # a 16-bit xz is kept as it is for backward and computed in float32
+        y = A.new_empty(batch, length, xz.shape[-1] // 2)  # the sum of both directions, in (batch, L, d_inner)
         checkpoints = []
         for direction, xc in enumerate(_conv_silu(x, conv_weight, conv_bias)):
             dt, B_rows, C_rows, delta = _direction_inputs(xc, x_proj_weight[direction], dt_proj_weight[direction],
@@ -216,13 +216,13 @@ if not _defined(_FORWARD):
                                              dt_proj_bias[direction], reverse=direction == 1, out=y.transpose(1, 2),
                                              accumulate=direction == 1))
         out = y if out_proj_weight is None else torch.matmul(y, out_proj_weight.t())
-        return out, torch.stack(checkpoints)
+        return out.to(xz.dtype), torch.stack(checkpoints)
 
     @bidirectional_mixer_fwd.register_fake
     def _(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, out_proj_weight):
         batch, length, width = xz.shape
         out = xz.new_empty(batch, length, _output_width(xz, out_proj_weight))
-        return out, xz.new_empty(2, batch, width // 2, _chunks(length), A.shape[2])
+        return out, A.new_empty(2, batch, width // 2, _chunks(length), A.shape[2])
 
 
 if not _defined(_BACKWARD):
@@ -252,13 +252,13 @@ if not _defined(_BACKWARD):
                        out_proj_weight, checkpoints):
         batch, length, width = xz.shape
         rank, n_state = dt_proj_weight.shape[2], A.shape[2]
-        grad_out = grad_out.contiguous()
+        grad_out = grad_out.to(A.dtype).contiguous()
         grad_y = grad_out if out_proj_weight is None else torch.matmul(grad_out, out_proj_weight)  # (batch, L, d)
-        x, z = _split(xz)
-        grad_xz = torch.empty_like(xz, memory_format=torch.contiguous_format)
+        x, z = _split(xz.to(A.dtype))
+        grad_xz = torch.empty_like(xz, dtype=A.dtype, memory_format=torch.contiguous_format)
         grad_x, grad_z = _split(grad_xz)
         grad_z.zero_()  # both directions add their part
-        y = None if out_proj_weight is None else xz.new_zeros(batch, length, width // 2)  # recomputed, for out_proj
+        y = None if out_proj_weight is None else A.new_zeros(batch, length, width // 2)  # recomputed, for out_proj
         grads = {name: [] for name in ("x_proj", "dt_proj", "dt_bias", "A", "D")}
         grad_xc = []
         xcs = _conv_silu(x, conv_weight, conv_bias)
@@ -280,11 +280,11 @@ if not _defined(_BACKWARD):
             del dt, B_rows, C_rows, delta, grad_delta, grad_B, grad_C, grad_dt, grad_x_dbl  # before the next direction
         grad_conv_weight, grad_conv_bias = _conv_silu_backward(x, conv_weight, conv_bias, *grad_xc, grad_x)
         if out_proj_weight is None:
-            grad_out_proj = xz.new_empty(0)
+            grad_out_proj = A.new_empty(0)
         else:
             grad_out_proj = grad_out.reshape(-1, grad_out.shape[-1]).t() @ y.reshape(-1, width // 2)
         stacked = [torch.stack(grads[name]) for name in ("x_proj", "dt_proj", "dt_bias", "A", "D")]
-        return (grad_xz, grad_conv_weight, grad_conv_bias, stacked[0], stacked[1], stacked[2], stacked[3], stacked[4],
+        return (grad_xz.to(xz.dtype), grad_conv_weight, grad_conv_bias, stacked[0], stacked[1], stacked[2], stacked[3], stacked[4],
                 grad_out_proj)
 
     @bidirectional_mixer_bwd.register_fake
@@ -293,7 +293,7 @@ if not _defined(_BACKWARD):
         return (torch.empty_like(xz, memory_format=torch.contiguous_format), torch.empty_like(conv_weight),
                 torch.empty_like(conv_bias), torch.empty_like(x_proj_weight), torch.empty_like(dt_proj_weight),
                 torch.empty_like(dt_proj_bias), torch.empty_like(A), torch.empty_like(D),
-                torch.empty_like(out_proj_weight) if out_proj_weight is not None else xz.new_empty(0))
+                torch.empty_like(out_proj_weight) if out_proj_weight is not None else A.new_empty(0))
 
     def _setup_context(ctx, inputs, output):
         ctx.has_out_proj = inputs[-1] is not None
@@ -310,12 +310,14 @@ if not _defined(_BACKWARD):
 def bidirectional_mixer_fused(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
                               out_proj_weight=None):
     """The fused mixer, differentiable (shapes in the module docstring). Computed in float32 (float64 for float64
-    inputs); the output has xz's dtype."""
+    inputs); the output has xz's dtype. A 16-bit xz (in_proj under autocast) is kept in 16 bits for backward."""
     dtype = torch.float64 if xz.dtype == torch.float64 else torch.float32
+    if xz.dtype not in (torch.bfloat16, torch.float16):
+        xz = xz.to(dtype)
     args = [None if t is None else t.to(dtype).contiguous() for t in
             (conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, out_proj_weight)]
-    out, _ = torch.ops.stretchysnake.bidirectional_mixer_fwd(xz.to(dtype), *args)
-    return out.to(xz.dtype)
+    out, _ = torch.ops.stretchysnake.bidirectional_mixer_fwd(xz, *args)
+    return out
 
 
 def _at_least_float32(x):

@@ -22,6 +22,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# OpenMP threads (torch's and numba's) spin-wait at every barrier; on a machine where another process keeps a core
+# busy, that turned each of many small parallel regions into a scheduler time slice: the main job's training step
+# took 2.6-2.8x as long at 2 threads as at one. A short spin (set before torch loads libgomp) cut that to 1.7x and
+# cost nothing on a quiet machine (bench/RESULTS.md). A value the user set wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments, set_seed

@@ -5,6 +5,7 @@ import re
 import sys
 
 from conftest import ROOT, run_script
+from modeling_stretchysnake.selective_scan_fused import triton_available
 
 
 def test_flexibility_benchmark_runs_end_to_end(tmp_path):
@@ -75,3 +76,45 @@ def test_token_budget_benchmark_runs_both_batchings(tmp_path):
                            (tmp_path / "out" / name / "train.log").read_text())
         assert steps and all(clips_for_frames[int(f)] == int(c) for f, c in steps), (name, steps)
     assert "clips/s" in result.stdout.splitlines()[-3]
+
+
+def test_scaling_benchmark_saved_activations_and_training_rows(tmp_path):
+    """The saved-activation rows (fused mixer, unfused mixer, VideoMAE) and the training-step rows with --unfused."""
+    rows_file = tmp_path / "rows.json"
+    result = run_script([sys.executable, str(ROOT / "bench" / "scaling.py"), "--modes", "saved", "train", "--unfused",
+                         "--saved_scales", "2x32", "--train_resolutions", "32", "--train_width", "24",
+                         "--train_depth", "1", "--train_batch", "2", "--repeats", "1", "--json", str(rows_file)],
+                        tmp_path)
+    rows = json.loads(rows_file.read_text())
+    assert not any("error" in row for row in rows)
+    saved = {row["model"]: row["saved_per_token_layer"] for row in rows if row["mode"] == "saved"}
+    assert set(saved) == {"stretchysnake", "stretchysnake_unfused", "videomae"}
+    assert saved["stretchysnake"] < saved["stretchysnake_unfused"] / 2
+    assert {row["model"] for row in rows if row["mode"] == "train"} == set(saved)
+    assert "official VideoMamba fused path (analytic" in result.stdout and "peak_mib (training step" in result.stdout
+
+
+def test_training_step_benchmark_times_all_three_models(tmp_path):
+    result = run_script([sys.executable, str(ROOT / "bench" / "training_step.py"), "--scales", "2x32", "--threads", "1",
+                         "--repeats", "1", "--width", "24", "--depth", "1", "--batch", "2"], tmp_path)
+    row = next(line.split() for line in result.stdout.splitlines() if line.split()[:2] == ["1", "2x32"])
+    fused, unfused, videomae = map(float, row[2:5])
+    assert min(fused, unfused, videomae) > 0
+    printed_ratio = float(re.search(r"stretchysnake (\d+\.\d+),", result.stdout).group(1))
+    assert abs(printed_ratio - fused / videomae) < 0.01 + 0.05 * fused / videomae  # the ratio of what it measured
+
+
+def test_gpu_script_dry_run(tmp_path):
+    """bench/gpu.py --dry-run: every section of the GPU check at toy size on CPU, the fused op's Triton path under
+    the interpreter, so the one GPU run cannot fail on a typo, an import or a shape."""
+    result = run_script([sys.executable, str(ROOT / "bench" / "gpu.py"), "--dry-run", "--out", str(tmp_path / "gpu")],
+                        tmp_path)
+    results = json.loads((tmp_path / "gpu" / "results.json").read_text())
+    assert all(value["ok"] for value in results["sections"].values()), results["sections"]
+    assert len(results["sections"]) == 4
+    correctness = results["sections"]["1. Correctness against the float64 CPU mixer"]["result"]
+    expected_paths = {"unfused, chunked"} | ({"fused, triton"} if triton_available() else set())
+    assert {row["path"] for row in correctness} == expected_paths
+    markdown = (tmp_path / "gpu" / "results.md").read_text()
+    assert "### 4. A short training run" in markdown and "| frames \\ px |" in markdown
+    assert "failed sections" not in result.stderr

@@ -111,3 +111,5 @@ def test_recipe_logs_every_rank_and_gathers_skips(tmp_path):
     assert result.stdout.count("top-1 accuracy (%) over frames x resolution") == 1  # rank 0 prints the summary
     assert "unreadable videos skipped: 1 distinct file(s) over all processes" in result.stdout
     assert "broken.mp4" in result.stdout.split("unreadable videos skipped")[1]
+    # every parameter trains every step: the recipe turns off DDP's per-step search for unused ones
+    assert "find_unused_parameters=True was specified" not in logs
