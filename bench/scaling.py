@@ -58,21 +58,22 @@ def build(name: str, attention: str = "sdpa", width: int = 192, depth: int = 24,
     return (VideoMAEForVideoClassification if classifier else VideoMAEModel)(config)
 
 
-def saved_activation_floats(model, pixel_values, labels) -> int:
-    """Elements of the tensors autograd keeps for backward in one training forward (parameters left out)."""
+def saved_activation_floats(parameters, run) -> int:
+    """Elements of the tensors autograd keeps for backward while run() executes, parameters (and views of them) left
+    out, each storage once."""
     import torch
 
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    parameter_storages = {p.untyped_storage().data_ptr() for p in parameters}
     kept = {}
 
     def pack(tensor):
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
+        if storage.data_ptr() not in parameter_storages:
             kept[storage.data_ptr()] = storage.nbytes() // tensor.element_size()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(pixel_values, labels=labels)
+        run()
     return sum(kept.values())
 
 
@@ -88,8 +89,8 @@ def saved_per_token_layer(name: str, frames: int, resolution: int, width: int, p
         model = build(name, width=width, depth=depth, classifier=True, patch=patch).train()
         if name == "videomae":
             videomae_positions(model, frames, resolution, patch)
-        counts.append(saved_activation_floats(model, torch.randn(1, frames, 3, resolution, resolution),
-                                              torch.zeros(1, dtype=torch.long)))
+        pixel_values, labels = torch.randn(1, frames, 3, resolution, resolution), torch.zeros(1, dtype=torch.long)
+        counts.append(saved_activation_floats(model.parameters(), lambda: model(pixel_values, labels=labels)))
     return {"model": name, "frames": frames, "resolution": resolution, "mode": "saved", "patch": patch,
             "tokens": tokens, "saved_per_token_layer": (counts[1] - counts[0]) / tokens / width}
 

@@ -22,6 +22,7 @@ numba and Triton run as ``torch.library`` custom ops (``selective_scan_fused``),
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -157,40 +158,26 @@ def selective_scan_chunked(
     return _finish(y, u, D, z, out_dtype)
 
 
-_mamba_ssm_scan = None
-_mamba_ssm_checked = False
+@functools.cache
+def _mamba_ssm_function(name: str):
+    """A function of mamba-ssm's ``selective_scan_interface``, or None when mamba-ssm cannot be imported."""
+    try:
+        from mamba_ssm.ops import selective_scan_interface
+
+        return getattr(selective_scan_interface, name)
+    except Exception as error:  # ImportError, or the CUDA extension failing to load
+        logger.debug("mamba-ssm's %s is not usable: %s", name, error)
+        return None
 
 
 def load_mamba_ssm_scan():
     """mamba-ssm's CUDA ``selective_scan_fn``, or None when it cannot be imported."""
-    global _mamba_ssm_scan, _mamba_ssm_checked
-    if not _mamba_ssm_checked:
-        _mamba_ssm_checked = True
-        try:
-            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-
-            _mamba_ssm_scan = selective_scan_fn
-        except Exception as error:  # ImportError, or the CUDA extension failing to load
-            logger.debug("mamba-ssm is not usable: %s", error)
-    return _mamba_ssm_scan
-
-
-_mamba_inner_fn = None
-_mamba_inner_checked = False
+    return _mamba_ssm_function("selective_scan_fn")
 
 
 def load_mamba_inner_fn():
     """mamba-ssm's fused ``mamba_inner_fn`` (conv, projections, scan, gate and out_proj), or None."""
-    global _mamba_inner_fn, _mamba_inner_checked
-    if not _mamba_inner_checked:
-        _mamba_inner_checked = True
-        try:
-            from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
-
-            _mamba_inner_fn = mamba_inner_fn
-        except Exception as error:  # ImportError, or the CUDA extension failing to load
-            logger.debug("mamba-ssm's mamba_inner_fn is not usable: %s", error)
-    return _mamba_inner_fn
+    return _mamba_ssm_function("mamba_inner_fn")
 
 
 # What each explicitly named backend needs: (device type it runs on or None for any, availability check).

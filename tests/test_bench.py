@@ -82,7 +82,7 @@ def test_scaling_benchmark_saved_activations_and_training_rows(tmp_path):
     """The saved-activation rows (fused mixer, unfused mixer, VideoMAE) and the training-step rows with --unfused."""
     rows_file = tmp_path / "rows.json"
     result = run_script([sys.executable, str(ROOT / "bench" / "scaling.py"), "--modes", "saved", "train", "--unfused",
-                         "--saved_scales", "2x32", "--train_resolutions", "32", "--train_width", "24",
+                         "--saved_scales", "4x112", "--train_resolutions", "32", "--train_width", "24",
                          "--train_depth", "1", "--train_batch", "2", "--repeats", "1", "--json", str(rows_file)],
                         tmp_path)
     rows = json.loads(rows_file.read_text())

@@ -23,6 +23,9 @@ from modeling_stretchysnake.modeling_stretchysnake import StretchySnakeMixer, mi
 from modeling_stretchysnake.selective_scan import selective_scan_reference
 from modeling_stretchysnake.selective_scan_fused import CHECKPOINT_EVERY, triton_available
 
+sys.path.insert(0, str(ROOT / "bench"))
+from scaling import saved_activation_floats  # noqa: E402  (the benchmark's own count, checked here)
+
 
 def random_mixer(hidden_size=16, state_size=4, dtype=torch.float64, seed=0, **overrides):
     """A mixer whose parameters are moved off their initial values (so every term matters)."""
@@ -107,19 +110,7 @@ def test_whole_model_fused_matches_unfused(cls_position):
 
 
 def saved_activation_elements(module, hidden):
-    """Elements of the tensors autograd keeps for backward, parameters (and views of them) left out."""
-    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    kept = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            kept[storage.data_ptr()] = storage.nbytes() // tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        module(hidden).sum()
-    return sum(kept.values())
+    return saved_activation_floats(module.parameters(), lambda: module(hidden))
 
 
 def test_fused_mixer_keeps_only_in_proj_output_its_input_and_state_checkpoints():
