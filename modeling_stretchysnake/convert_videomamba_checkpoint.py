@@ -1,6 +1,13 @@
 """Convert an official VideoMamba checkpoint (.pth) into a Hugging Face StretchySnake folder.
 
-    python -m modeling_stretchysnake.convert_videomamba_checkpoint videomamba_m16_k400_f16_res224.pth out/
+    stretchysnake-convert-videomamba OpenGVLab/VideoMamba/videomamba_m16_k400_f16_res224.pth out/   # from the Hub
+    stretchysnake-convert-videomamba videomamba_m16_k400_f16_res224.pth out/                        # a local file
+    python -m modeling_stretchysnake.convert_videomamba_checkpoint CHECKPOINT OUT                   # the same
+
+A Hub checkpoint is written OWNER/REPO/FILE[@REVISION] and downloaded with huggingface_hub (its cache,
+HF_HUB_OFFLINE, HF_ENDPOINT and token apply). The folder gets the weights (safetensors), the config and the video
+processor, ready for `pipeline("video-classification", model=OUT)`. Kinetics-400 and Something-Something V2 heads
+get their class names (recognised from the head size and the file name; `--labels` overrides).
 
 Accepts a raw state dict or one wrapped under `model` / `module`, with or without `backbone.` / `encoder.`
 prefixes; masked-pretraining files (`norm` instead of `norm_f`, a `clip_decoder`) and ImageNet files (2-D patch
@@ -130,7 +137,8 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], **overrides) -> 
 def convert_checkpoint(
     checkpoint_path: str | Path, output_dir: str | Path | None = None, **config_overrides
 ) -> StretchySnakeForVideoClassification:
-    """Convert, check every key, and (when `output_dir` is given) save a Hub-style folder."""
+    """Convert, check every key, and (when `output_dir` is given) save a Hub-style folder with the video
+    processor beside the model."""
     official = load_official_state_dict(checkpoint_path)
     converted, unexpected, dropped = convert_state_dict(official)
     if unexpected:
@@ -161,24 +169,41 @@ def convert_checkpoint(
     for key in result.missing_keys:
         logger.warning("%s is not in the checkpoint and keeps its fresh initialisation", key)
     if output_dir is not None:
-        model.save_pretrained(output_dir)
+        from .pretrained import save_with_processor
+
+        save_with_processor(model, output_dir)
     return model
 
 
 def main(argv: list[str] | None = None) -> None:
+    from . import convert_videomamba_checkpoint as package_module
+    from .labels import LABEL_SETS, label_names
+    from .pretrained import download, name_detected_labels, parse_hub_checkpoint, save_with_processor
+
+    # run as `python -m`, this file is __main__ and its ConversionError another class than the one pretrained raises
+    conversion_errors = (ConversionError, package_module.ConversionError)
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="official VideoMamba .pth file")
-    parser.add_argument("output_dir", help="folder to write the Hugging Face model to")
+    parser.add_argument("checkpoint", help="official VideoMamba .pth file: a local path, or a Hub checkpoint "
+                                           "OWNER/REPO/FILE[@REVISION], e.g. "
+                                           "OpenGVLab/VideoMamba/videomamba_m16_k400_f16_res224.pth")
+    parser.add_argument("output_dir", help="folder to write the Hugging Face model (and its video processor) to")
+    parser.add_argument("--revision", help="Hub revision (branch, tag or commit); same as @REVISION")
+    parser.add_argument("--token", help="Hub token (default: the one huggingface_hub finds, if any)")
+    parser.add_argument("--force-download", action="store_true", help="download again even if cached")
     parser.add_argument("--num-labels", type=int, help="start a new head with this many classes")
-    parser.add_argument("--labels", help="JSON file: a list of class names, or an {index: name} map")
+    parser.add_argument("--labels", help="class names: a JSON file (a list, or an {index: name} map) or a label set "
+                                         f"shipped with the package ({', '.join(LABEL_SETS)}); default: detected "
+                                         "for Kinetics-400 and Something-Something V2 heads")
     parser.add_argument("--kernel-resize-mode", choices=("bicubic", "pi"))
     parser.add_argument("--scale-mode", choices=("static_tokens", "static_patches"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger(__package__).setLevel(logging.INFO)  # this package's progress, not every HTTP request
 
     overrides = {}
     if args.labels:
-        labels = json.loads(Path(args.labels).read_text())
+        labels = label_names(args.labels) if args.labels in LABEL_SETS else json.loads(Path(args.labels).read_text())
         id2label = dict(enumerate(labels)) if isinstance(labels, list) else {int(k): v for k, v in labels.items()}
         overrides.update(id2label=id2label, num_labels=len(id2label))
     if args.num_labels is not None:
@@ -187,13 +212,24 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, name):
             overrides[name] = getattr(args, name)
     try:
-        model = convert_checkpoint(args.checkpoint, args.output_dir, **overrides)
-    except ConversionError as error:
+        path = args.checkpoint
+        hub = parse_hub_checkpoint(args.checkpoint)
+        if hub is not None:
+            if args.revision:
+                hub = type(hub)(hub.repo_id, hub.filename, args.revision)
+            path = download(hub, token=args.token, force_download=args.force_download)
+        model = convert_checkpoint(path, **overrides)
+        if not ({"id2label", "num_labels"} & set(overrides)):
+            name_detected_labels(model, str(args.checkpoint))
+    except conversion_errors as error:
         parser.exit(1, f"conversion failed: {error}\n")
+    save_with_processor(model, args.output_dir)
     config = model.config
     print(
         f"saved {args.output_dir}: hidden {config.hidden_size} x {config.num_hidden_layers} layers, "
         f"{config.num_frames} base frames, {config.image_size} px, {config.num_labels} labels"
+        + (f" ({config.id2label[0]}, ...)" if config.num_labels and not config.id2label[0].startswith("LABEL_")
+           else "")
     )
 
 

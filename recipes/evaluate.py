@@ -25,6 +25,7 @@ from transformers import TrainingArguments
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
 from modeling_stretchysnake.data import VideoClipDataset, VideoDecodeError
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
+from modeling_stretchysnake.pretrained import resolve_model_reference
 from modeling_stretchysnake.probes import probe_scores
 from modeling_stretchysnake.compute_budget import cost_table, pareto_front, save_scale_accuracy
 from modeling_stretchysnake.reporting import format_table, plot_pareto, write_results
@@ -34,7 +35,8 @@ from modeling_stretchysnake.trainer import StretchySnakeTrainer
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a saved StretchySnake folder")
+    parser.add_argument("--model", required=True, help="a saved StretchySnake folder, a Hub model id, or an official "
+                                                       "VideoMamba checkpoint on the Hub, OWNER/REPO/FILE.pth")
     parser.add_argument("--manifest", required=True, help="a DatasetDict saved by data_scripts/ or the train recipe")
     parser.add_argument("--split", default="test")
     parser.add_argument("--frames", type=int, nargs="+", default=[2, 4, 8, 16])
@@ -56,6 +58,7 @@ def parse(argv=None):
 def main(argv=None):
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.model = resolve_model_reference(args.model)
     model = StretchySnakeForVideoClassification.from_pretrained(args.model).eval()
     manifest = load_from_disk(args.manifest)
     processor = StretchySnakeVideoProcessor(decoder=args.decoder)

@@ -3,6 +3,7 @@
     python recipes/predict.py --model outputs/stretchysnake-embedded/final --video clip.mp4 --frames 16 --resolution 112
     python recipes/predict.py --model M --video clip.mp4 --pipeline     # through transformers' pipeline()
     python recipes/predict.py --model M --video clip.mp4 --budget_ms 20 # the most accurate scale within 20 ms
+    python recipes/predict.py --model OpenGVLab/VideoMamba/videomamba_m16_k400_f16_res224.pth --video clip.mp4
 
 The video is decoded at the requested frames x resolution (frames spread over the whole clip, shortest-side
 resize + centre crop) and classified in one forward pass. With --budget_ms (forward milliseconds at batch 1 on
@@ -17,6 +18,8 @@ import argparse
 import torch
 
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
+from modeling_stretchysnake.convert_videomamba_checkpoint import ConversionError
+from modeling_stretchysnake.pretrained import resolve_model_reference
 
 
 def predict(model, processor, video: str, frames: int, resolution: int, top_k: int = 5) -> list[tuple[str, float]]:
@@ -29,7 +32,10 @@ def predict(model, processor, video: str, frames: int, resolution: int, top_k: i
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True,
+                        help="a model folder, a Hub model id, or an official VideoMamba checkpoint on the Hub, "
+                             "OWNER/REPO/FILE.pth (converted once and cached), e.g. "
+                             "OpenGVLab/VideoMamba/videomamba_m16_k400_f16_res224.pth")
     parser.add_argument("--video", required=True)
     parser.add_argument("--frames", type=int, default=None, help="default: the processor's (or model's) frames")
     parser.add_argument("--resolution", type=int, default=None, help="default: the processor's resolution")
@@ -51,6 +57,10 @@ def main(argv=None):
     if budgeted and (args.frames is not None or args.resolution is not None):
         parser.error("give a budget or a scale (--frames/--resolution), not both")
 
+    try:
+        args.model = resolve_model_reference(args.model)
+    except ConversionError as error:
+        parser.exit(1, f"error: {error}\n")
     model = StretchySnakeForVideoClassification.from_pretrained(args.model).eval()
     try:
         processor = StretchySnakeVideoProcessor.from_pretrained(args.model)

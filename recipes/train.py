@@ -41,6 +41,7 @@ from modeling_stretchysnake import (
 from modeling_stretchysnake.compute_budget import save_scale_accuracy
 from modeling_stretchysnake.data import VideoClipDataset
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
+from modeling_stretchysnake.pretrained import resolve_model_reference
 from modeling_stretchysnake.reporting import format_table, plot_heatmaps, plot_training_curves, write_results
 from modeling_stretchysnake.scales import VARIANTS, Scale, ScaleSampler
 from modeling_stretchysnake.trainer import StretchySnakeTrainer
@@ -77,7 +78,9 @@ class StretchySnakeArguments:
                                                                   "(synthetic_actions.TASKS)"})
     generated_train_per_class: int = 300
     generated_eval_per_class: int = 20
-    model_name_or_path: str | None = field(default=None, metadata={"help": "a saved or converted model folder"})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "a saved or converted model folder, a Hub model id, or an official VideoMamba checkpoint on the Hub, "
+                "OWNER/REPO/FILE.pth (converted once and cached)"})
     preset: str = field(default="embedded", metadata={"help": "fresh model size: embedded, tiny, small, middle"})
     base_frames: int | None = field(default=None, metadata={"help": "frames the temporal position embedding is stored at"})
     base_resolution: int | None = field(default=None, metadata={"help": "fresh models: resolution the base grid is stored at (grid = R/16)"})
@@ -155,7 +158,8 @@ def build_model(args: StretchySnakeArguments, label_names: list[str],
         scale_mode = "static_patches" if args.variant in ("temporal", "static_patches") else "static_tokens"
     if args.model_name_or_path:
         return StretchySnakeForVideoClassification.from_pretrained(
-            args.model_name_or_path, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            resolve_model_reference(args.model_name_or_path), id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
             num_labels=len(label_names), scale_mode=scale_mode, ignore_mismatched_sizes=True,
         )
     if args.preset == "embedded":

@@ -151,7 +151,9 @@ def readme_python_blocks(section: str) -> list[str]:
 
 def test_readme_use_snippets_run_verbatim_without_the_package_or_decord(tmp_path):
     """The README's "Use" section: build and save (package installed), then load by folder in a clean process."""
-    build, load = readme_python_blocks("Use")[:2]
+    blocks = readme_python_blocks("Use")
+    build = next(block for block in blocks if "model.save_pretrained(" in block)
+    load = next(block for block in blocks if "trust_remote_code=True" in block)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", build], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=600)

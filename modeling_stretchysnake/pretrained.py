@@ -1,0 +1,150 @@
+"""Official VideoMamba checkpoints straight from the Hugging Face Hub: download, convert once, load.
+
+A Hub checkpoint is written ``OWNER/REPO/FILE[@REVISION]``, e.g.
+``OpenGVLab/VideoMamba/videomamba_m16_k400_f16_res224.pth`` (an existing local path always wins). The file comes
+through ``huggingface_hub.hf_hub_download`` (its cache, ``revision``, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, the
+token); the converted Hugging Face folder (weights as safetensors, config with the label names of K400 / SSv2
+heads, the video processor) is cached under ``$STRETCHYSNAKE_CACHE/videomamba`` (default
+``~/.cache/stretchysnake``), keyed by repository, revision and file, so later calls load it without a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .convert_videomamba_checkpoint import ConversionError, convert_checkpoint
+from .labels import detect_label_set, label_names
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
+
+
+@dataclass(frozen=True)
+class HubCheckpoint:
+    repo_id: str
+    filename: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}/{self.filename}" + (f"@{self.revision}" if self.revision else "")
+
+
+def parse_hub_checkpoint(reference: str | os.PathLike) -> HubCheckpoint | None:
+    """``OWNER/REPO/FILE.pth[@REVISION]`` -> HubCheckpoint; None for an existing path or anything else."""
+    reference = str(reference)
+    if Path(reference).exists():
+        return None
+    path, _, revision = reference.partition("@")
+    parts = path.split("/")
+    if len(parts) < 3 or not all(parts) or not path.endswith(CHECKPOINT_SUFFIXES):
+        return None
+    return HubCheckpoint("/".join(parts[:2]), "/".join(parts[2:]), revision or None)
+
+
+def download(checkpoint: HubCheckpoint, token: str | bool | None = None, force_download: bool = False) -> Path:
+    """The checkpoint file in the Hub cache (downloaded if needed); a ConversionError that names the repository
+    and file when it cannot be had."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{checkpoint.filename!r} from the Hub repository {checkpoint.repo_id!r}"
+    try:
+        return Path(hf_hub_download(checkpoint.repo_id, checkpoint.filename, revision=checkpoint.revision,
+                                    token=token, force_download=force_download))
+    except LocalEntryNotFoundError as error:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
+        raise ConversionError(f"cannot download {where}: the Hub cannot be reached (HF_HUB_OFFLINE is "
+                              f"{os.environ.get('HF_HUB_OFFLINE', 'unset')}) and the file is not in the local "
+                              f"Hub cache") from error
+    except RepositoryNotFoundError as error:
+        raise ConversionError(f"cannot download {where}: no such repository (or a private one: log in or pass "
+                              f"a token)") from error
+    except RevisionNotFoundError as error:
+        raise ConversionError(f"cannot download {where}: no revision {checkpoint.revision!r}") from error
+    except EntryNotFoundError as error:  # (after LocalEntryNotFoundError, its subclass)
+        raise ConversionError(f"cannot download {where}: the repository has no such file") from error
+
+
+def name_detected_labels(model, filename: str) -> str | None:
+    """Give a converted K400 or SSv2 head its class names (recognised from its size and the file name); returns
+    the label set's name, or None (the config keeps LABEL_0 ...)."""
+    num_labels = model.config.num_labels if model.config.num_labels > 0 else None
+    label_set = detect_label_set(num_labels, filename)
+    if label_set is not None:
+        id2label = dict(enumerate(label_names(label_set)))
+        model.config.id2label = id2label
+        model.config.label2id = {name: index for index, name in id2label.items()}
+        logger.info("%s: %d-class head, label names of %s", filename, num_labels, label_set)
+    return label_set
+
+
+def save_with_processor(model, output_dir: str | Path) -> None:
+    """save_pretrained plus the video processor at the model's base frames and resolution, so pipeline() works."""
+    from .video_processing_stretchysnake import StretchySnakeVideoProcessor
+
+    model.save_pretrained(output_dir)
+    StretchySnakeVideoProcessor(num_frames=model.config.num_frames,
+                                resolution=model.config.image_size).save_pretrained(output_dir)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("STRETCHYSNAKE_CACHE", Path.home() / ".cache" / "stretchysnake")) / "videomamba"
+
+
+def converted_folder(checkpoint: HubCheckpoint) -> Path:
+    stem = Path(checkpoint.filename).name.rsplit(".", 1)[0]
+    return cache_root() / checkpoint.repo_id.replace("/", "--") / (checkpoint.revision or "main") / stem
+
+
+def pretrained_folder(checkpoint: HubCheckpoint | str, token: str | bool | None = None,
+                      force_download: bool = False) -> Path:
+    """The converted folder of a Hub checkpoint: from the cache, else downloaded and converted into it (written
+    to a temporary folder and moved in place, so a failed conversion leaves nothing behind)."""
+    if isinstance(checkpoint, str):
+        parsed = parse_hub_checkpoint(checkpoint)
+        if parsed is None:
+            raise ConversionError(f"{checkpoint!r} is neither a local file nor a Hub checkpoint OWNER/REPO/FILE.pth")
+        checkpoint = parsed
+    folder = converted_folder(checkpoint)
+    if (folder / "config.json").exists() and not force_download:
+        return folder
+    path = download(checkpoint, token=token, force_download=force_download)
+    if force_download:
+        shutil.rmtree(folder, ignore_errors=True)
+    staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+    try:
+        model = convert_checkpoint(path)
+        name_detected_labels(model, checkpoint.filename)
+        save_with_processor(model, staging)
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another process (a rank of the same launch) finished first: keep its folder
+            if not (folder / "config.json").exists():
+                raise
+    except ConversionError as error:
+        raise ConversionError(f"{checkpoint}: {error} (if the download was cut short, pass force_download=True "
+                              f"or --force-download to fetch it again)") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("converted %s into %s", checkpoint, folder)
+    return folder
+
+
+def resolve_model_reference(reference: str, token: str | bool | None = None) -> str:
+    """A model reference for ``from_pretrained``: a Hub checkpoint ``OWNER/REPO/FILE.pth`` becomes its converted
+    folder; anything else (a folder, a Hub model id) is returned as it is."""
+    checkpoint = parse_hub_checkpoint(reference)
+    return str(pretrained_folder(checkpoint, token=token)) if checkpoint is not None else reference
+
+
+__all__ = ["HubCheckpoint", "parse_hub_checkpoint", "pretrained_folder", "resolve_model_reference",
+           "save_with_processor"]
