@@ -15,8 +15,10 @@ STAMP := $(VENV)/.stretchysnake-installed
 
 .PHONY: demo test venv clean-venv
 
+# The launcher's values are given, so it has none to default (and warn about) on a one-process run.
 demo: $(STAMP)
-	$(BIN)/accelerate launch recipes/train.py
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/train.py
 
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(TEST_COMMAND)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -84,9 +83,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True, help="folder to save the manifest (a datasets.DatasetDict) to")
     parser.add_argument("--keep-missing", action="store_true", help="keep rows whose video file is not found")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
     return parser
 
 
 def run(main) -> None:
+    """Run a script's main: bad input is one `error:` line and exit status 1 (`--debug` shows the traceback)."""
+    from modeling_stretchysnake.cli import run_cli
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    main(sys.argv[1:])
+    run_cli(main)

@@ -402,22 +402,24 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key) -> dict[str, Any]:
         index, frames, resolution, patch_size = key
-        error = None
-        for attempt in range(self.max_replacements + 1):
+        error, tried = None, []
+        for attempt in range(min(self.max_replacements + 1, len(self))):  # each file at most once
             candidate = (index + attempt) % len(self)
             try:
                 pixel_values = self.load(candidate, frames, resolution)
             except VideoDecodeError as decode_error:
                 error = decode_error
                 path = str(self.row(candidate)["video"])
+                tried.append(path)
                 self.failures[path] += 1
                 logger.warning("skipping unreadable video (%d skipped so far): %s", len(self.failures), error)
                 continue
             return {"pixel_values": pixel_values, "labels": int(self.row(candidate)["label"]),
                     "patch_size": patch_size, "index": candidate}
+        shown = ", ".join(tried[:3]) + (f" and {len(tried) - 3} more" if len(tried) > 3 else "")
         raise VideoDecodeError(
-            f"{self.max_replacements + 1} videos in a row from index {index} of {len(self)} are unreadable, the last "
-            f"one with: {error}. Check the manifest's paths and that a decoder (decord or PyAV) can read these files"
+            f"none of the {len(tried)} videos tried from index {index} (of {len(self)}) can be read: {shown}; the "
+            f"last error: {error}. Check the manifest's paths and that a decoder (decord or PyAV) can read these files"
         )
 
 

@@ -19,10 +19,12 @@ import argparse
 import logging
 from pathlib import Path
 
+import torch
 from datasets import load_from_disk
 from transformers import TrainingArguments
 
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
+from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.data import VideoClipDataset, VideoDecodeError
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
 from modeling_stretchysnake.pretrained import resolve_model_reference
@@ -47,7 +49,9 @@ def parse(argv=None):
     parser.add_argument("--probes", action="store_true", help="also 1-NN retrieval and linear probe on CLS features")
     parser.add_argument("--probe_train_split", default="train")
     parser.add_argument("--decoder", default="auto")
-    parser.add_argument("--output_dir", default="outputs/evaluation")
+    parser.add_argument("--output_dir", default=None,
+                        help="where the tables and plots go (default: MODEL-evaluation beside a model folder, or "
+                             "./evaluation for a Hub model id)")
     parser.add_argument("--no_save_to_model", action="store_true",
                         help="do not write scale_accuracy.json into the model folder")
     parser.add_argument("--cost", choices=["ms", "gflops", "none"], default="ms",
@@ -59,6 +63,10 @@ def main(argv=None):
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.model = resolve_model_reference(args.model)
+    if args.output_dir is None:
+        model_dir = Path(args.model)
+        args.output_dir = str(model_dir.parent / f"{model_dir.name}-evaluation" if model_dir.is_dir()
+                              else Path("evaluation"))
     model = StretchySnakeForVideoClassification.from_pretrained(args.model).eval()
     manifest = load_from_disk(args.manifest)
     processor = StretchySnakeVideoProcessor(decoder=args.decoder)
@@ -66,7 +74,8 @@ def main(argv=None):
     scales = [Scale(f, r, resolve_patch_size(model.config, r, r)) for f in args.frames for r in args.resolutions]
     trainer = StretchySnakeTrainer(
         model=model, args=TrainingArguments(output_dir=args.output_dir, per_device_eval_batch_size=args.batch_size,
-                                            report_to="none", dataloader_num_workers=0),
+                                            report_to="none", dataloader_num_workers=0,
+                                            dataloader_pin_memory=torch.cuda.is_available()),
         eval_dataset=test_set, scale_sampler=ScaleSampler("static_tokens"), eval_scales=scales,
         eval_views=(args.clips, args.crops),
     )
@@ -106,4 +115,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -18,6 +18,7 @@ import argparse
 import torch
 
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
+from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.convert_videomamba_checkpoint import ConversionError
 from modeling_stretchysnake.pretrained import resolve_model_reference
 
@@ -95,4 +96,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

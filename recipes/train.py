@@ -38,6 +38,7 @@ from modeling_stretchysnake import (
     StretchySnakeForVideoClassification,
     StretchySnakeVideoProcessor,
 )
+from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.compute_budget import save_scale_accuracy
 from modeling_stretchysnake.data import VideoClipDataset
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
@@ -83,7 +84,9 @@ class StretchySnakeArguments:
                 "OWNER/REPO/FILE.pth (converted once and cached)"})
     preset: str = field(default="embedded", metadata={"help": "fresh model size: embedded, tiny, small, middle"})
     base_frames: int | None = field(default=None, metadata={"help": "frames the temporal position embedding is stored at"})
-    base_resolution: int | None = field(default=None, metadata={"help": "fresh models: resolution the base grid is stored at (grid = R/16)"})
+    base_resolution: int | None = field(default=None, metadata={
+        "help": "fresh models: resolution the base grid is stored at (grid = R / patch size: the embedded model's "
+                "patch is 14, so 56 px is a 4 x 4 grid; the tiny/small/middle presets' patch is 16)"})
     variant: str = field(default="static_tokens", metadata={"help": f"flexible-training variant: {', '.join(VARIANTS)}"})
     train_frames: list[int] = field(default_factory=lambda: [4, 8])
     train_resolutions: list[int] = field(default_factory=lambda: [56, 84, 112])
@@ -110,7 +113,8 @@ class StretchySnakeArguments:
                 "are several"})
     baseline: str = field(default="auto", metadata={
         "help": "also train a fixed-scale model of the same size in this run, same steps, evaluated on the same grid: "
-                "FRAMESxRESOLUTION (e.g. 8x56), 'none', or 'auto' (the base scale on generated data, none otherwise)"})
+                "FRAMESxRESOLUTION (e.g. 8x56), 'none', or 'auto' (the default: the base scale on the generated "
+                "data; no fixed-scale model with --manifest, where it would double the training time)"})
 
 
 def yaml_to_flags(path: str) -> list[str]:
@@ -123,11 +127,15 @@ def yaml_to_flags(path: str) -> list[str]:
 
 
 def launch_flags() -> list[str]:
-    """Several processes on a machine without CUDA (accelerate's MULTI_GPU launcher, torchrun): train on the CPU
-    with gloo. Without use_cpu, transformers sets up no process group there and every process trains alone."""
+    """Defaults that depend on the machine. Without CUDA: no pinned memory, and with several processes
+    (accelerate's MULTI_GPU launcher, torchrun) training on the CPU with gloo: without use_cpu, transformers sets up
+    no process group there and every process trains alone."""
+    flags = []
+    if not torch.cuda.is_available():  # pinned memory helps only copies to a GPU; torch warns on every CPU run
+        flags += ["--dataloader_pin_memory", "false"]
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        return ["--use_cpu", "true"]
-    return []
+        flags += ["--use_cpu", "true"]
+    return flags
 
 
 def parse_arguments(argv: list[str]) -> tuple[StretchySnakeArguments, TrainingArguments]:
@@ -285,4 +293,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

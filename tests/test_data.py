@@ -171,8 +171,14 @@ def test_corrupt_videos_are_skipped_counted_and_replaced(manifest, tmp_path, cap
     assert dataset.failures == {str(broken): 1}
     assert "skipping unreadable video" in caplog.text
     all_broken = VideoClipDataset([{"video": str(broken), "label": 0}] * 3, StretchySnakeVideoProcessor(), max_replacements=2)
-    with pytest.raises(VideoDecodeError, match="in a row"):
+    with pytest.raises(VideoDecodeError, match="none of the 3 videos tried from index 0 \\(of 3\\)"):
         all_broken[(0, 2, 28, 2)]
+    # more replacements allowed than there are videos: each is tried once, and the message counts agree
+    two = VideoClipDataset([{"video": str(broken), "label": 0}, {"video": str(broken) + "x", "label": 1}],
+                           StretchySnakeVideoProcessor(), max_replacements=20)
+    with pytest.raises(VideoDecodeError, match="none of the 2 videos tried from index 1 \\(of 2\\)") as caught:
+        two[(1, 2, 28, 2)]
+    assert f"{broken}x, {broken};" in str(caught.value)
 
 
 def test_frame_sampling_rate_takes_frames_that_far_apart_from_the_start():

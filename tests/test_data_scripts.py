@@ -135,3 +135,71 @@ def test_custom_folder_and_list(tmp_path, clip):
     assert manifest["train"][0]["start"] == 0.1 and list(manifest["test"]["label"]) == [1]  # the missing file is dropped
     (tmp_path / "list.json").write_text(json.dumps([{"path": "mine/dunk/b.mp4", "label": "dunk"}]))
     assert len(custom.build(custom.entries_from_list(tmp_path / "list.json"), tmp_path / "m3")["train"]) == 1
+
+
+def clip_entries(per_class, sources=1):
+    """Entries (no files needed for the split itself): `per_class` clips for each class, `sources` clips per source
+    video (UCF-101 style names v_<class>_g<source>_c<clip>.avi)."""
+    return [{"path": f"/videos/{label}/v_{label}_g{index // sources:02d}_c{index % sources:02d}.avi", "label": label}
+            for label, count in per_class.items() for index in range(count)]
+
+
+def split_counts(entries, splits):
+    counts = {}
+    for entry, split in zip(entries, splits):
+        counts.setdefault(entry["label"], {}).setdefault(split, 0)
+        counts[entry["label"]][split] += 1
+    return counts
+
+
+def test_custom_split_is_stratified_and_reproducible():
+    entries = clip_entries({"a": 10, "b": 20, "c": 3, "d": 2, "e": 1})
+    splits = custom.assign_splits(entries, test_fraction=0.3, seed=0)
+    counts = split_counts(entries, splits)
+    assert counts["a"] == {"train": 7, "test": 3} and counts["b"] == {"train": 14, "test": 6}
+    assert counts["c"] == {"train": 2, "test": 1} and counts["d"] == {"train": 1, "test": 1}  # one on each side
+    assert counts["e"] == {"train": 1}  # a single clip stays in training
+    assert custom.assign_splits(entries, 0.3, seed=0) == splits
+    assert custom.assign_splits(entries, 0.3, seed=1) != splits
+    with_val = split_counts(entries, custom.assign_splits(entries, 0.2, val_fraction=0.1, seed=0))
+    assert with_val["b"] == {"train": 14, "test": 4, "val": 2} and with_val["c"] == {"train": 1, "test": 1, "val": 1}
+    # rows that name their split keep it
+    entries[0]["split"] = "val"
+    assert custom.assign_splits(entries, 0.3, seed=0)[0] == "val"
+
+
+def test_custom_group_by_keeps_each_source_in_one_split():
+    entries = clip_entries({"a": 24, "b": 12}, sources=4)  # 6 and 3 source videos of 4 clips each
+    for group_by in ("_g(\\d+)_", "source"):
+        if group_by == "source":
+            for entry in entries:
+                entry["source"] = Path(entry["path"]).name[:-8]
+        splits = custom.assign_splits(entries, test_fraction=0.3, seed=0, group_by=group_by)
+        by_source = {}
+        for entry, split in zip(entries, splits):
+            by_source.setdefault((entry["label"], Path(entry["path"]).name[:-8]), set()).add(split)
+        assert all(len(split_set) == 1 for split_set in by_source.values())
+        counts = split_counts(entries, splits)
+        assert counts["a"] == {"train": 16, "test": 8} and counts["b"] == {"train": 8, "test": 4}
+
+
+def test_custom_command_prints_the_split_and_reports_bad_rows_in_one_line(tmp_path, clip):
+    import subprocess
+
+    for index in range(4):
+        place(clip, tmp_path / "mine" / ("dunk" if index < 2 else "layup") / f"{index}.mp4")
+    command = [sys.executable, str(ROOT / "data_scripts" / "custom.py"), "--folder", str(tmp_path / "mine"),
+               "--test-fraction", "0.5", "--output", str(tmp_path / "m")]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert ["class", "train", "test"] in rows and ["dunk", "1", "1"] in rows and ["layup", "1", "1"] in rows
+    (tmp_path / "bad.csv").write_text("path,label,start,end\nmine/dunk/0.mp4,dunk,2.0,1.0\n")
+    bad = [sys.executable, str(ROOT / "data_scripts" / "custom.py"), "--list", str(tmp_path / "bad.csv"),
+           "--output", str(tmp_path / "m2")]
+    result = subprocess.run(bad, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"error: {tmp_path / 'bad.csv'}, row 2: end=1.0 must be after start=2.0" in result.stderr
+    result = subprocess.run(bad + ["--debug"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "ValueError" in result.stderr

@@ -87,8 +87,9 @@ def test_compute_budget_picks_the_most_accurate_scale_that_fits(saved, tmp_path,
     model_dir = tmp_path / "model"
     shutil.copytree(saved / "model", model_dir)
     evaluate_recipe.main(["--model", str(model_dir), "--manifest", str(saved / "data" / "manifest"), "--frames", "2",
-                          "4", "--resolutions", "16", "32", "--output_dir", str(tmp_path / "eval")])
-    assert (tmp_path / "eval" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+                          "4", "--resolutions", "16", "32"])
+    # by default the results go beside the model folder, not into the current directory
+    assert (tmp_path / "model-evaluation" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert "Pareto front marked *" in capsys.readouterr().out
     recorded = compute_budget.load_scale_accuracy(model_dir)
     assert set(recorded) == {Scale(2, 16, 4), Scale(2, 32, 8), Scale(4, 16, 4), Scale(4, 32, 8)}
