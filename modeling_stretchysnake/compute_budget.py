@@ -2,7 +2,8 @@
 
 Accuracy per scale comes from the model's evaluated grid, `scale_accuracy.json` next to its weights (written by
 recipes/train.py and recipes/evaluate.py). Cost is forward milliseconds at batch 1 measured on this machine on
-first use (cached per architecture, device, thread count and torch version), or forward GFLOPs counted.
+first use (cached per architecture, device, thread count and torch version; the fastest of 7 interleaved runs, and
+cached times that contradict the token counts are measured again), or forward GFLOPs counted.
 
     from modeling_stretchysnake.compute_budget import pick_scale
     choice, table = pick_scale(model, "outputs/stretchysnake-embedded/final", budget_ms=20)
@@ -14,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,45 +92,79 @@ def _cost_cache_file(model, device: torch.device) -> Path:
     return root / "costs" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 
+SUSPICIOUS_SLOWDOWN = 1.5  # a scale with fewer tokens measured this much slower than one with more is re-measured
+
+
+def _tokens(scale: Scale) -> int:
+    return scale.frames * math.ceil(scale.resolution / scale.patch_size) ** 2
+
+
+def inconsistent_scales(costs: dict[Scale, float]) -> set[Scale]:
+    """Scales whose time cannot be right: slower by SUSPICIOUS_SLOWDOWN than a scale with more tokens (timed while
+    the machine was busy, say). Token counts order the cost of this model at batch 1 closely enough that such an
+    entry is worth measuring again."""
+    return {a for a in costs for b in costs
+            if _tokens(a) < _tokens(b) and costs[a] > SUSPICIOUS_SLOWDOWN * costs[b]}
+
+
+def _time_forward(model, scales: list[Scale], repeats: int, device: torch.device) -> dict[Scale, float]:
+    """The minimum of `repeats` timings per scale after a warm-up, round-robin over the scales: load on a shared
+    machine only ever adds time, so the fastest run is the least disturbed one (a median keeps half of it)."""
+    was_training = model.training
+    model.eval()
+    inputs = {scale: _dummy_input(model, scale) for scale in scales}
+    times = {scale: [] for scale in scales}
+    for round_index in range(repeats + 1):  # round 0 warms up (and compiles on first use)
+        for scale, pixels in inputs.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(pixels, patch_size=scale.patch_size)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_index:
+                times[scale].append((time.perf_counter() - start) * 1000)
+    model.train(was_training)
+    return {scale: min(values) for scale, values in times.items()}
+
+
 @torch.inference_mode()
-def measure_milliseconds(model, scales: list[Scale], repeats: int = 7, use_cache: bool = True) -> dict[Scale, float]:
-    """Forward milliseconds at batch 1 on this machine, cached on disk: the median of `repeats` timings after a
-    warm-up, taken round-robin over the scales so that a slow spell of a shared machine is not charged to one."""
+def measure_milliseconds(model, scales: list[Scale], repeats: int = 7, use_cache: bool = True,
+                         remeasure: bool = False) -> dict[Scale, float]:
+    """Forward milliseconds at batch 1 on this machine, cached on disk (see `_time_forward` for how). Cached
+    entries that contradict the token counts (`inconsistent_scales`) are measured again, once, with the scales they
+    contradict; `remeasure` measures every asked scale afresh."""
     device = next(model.parameters()).device
     cache = _cost_cache_file(model, device)
     known = {}
     if use_cache and cache.exists():
         known = {Scale(*map(int, key.split("x"))): ms for key, ms in json.loads(cache.read_text()).items()}
-    missing = [s for s in scales if s not in known]
+    missing = list(scales) if remeasure else [s for s in scales if s not in known]
+    changed = False
     if missing:
         logger.info("measuring forward time at %d scale(s) on %s (cached in %s)", len(missing), device, cache)
-        was_training = model.training
-        model.eval()
-        inputs = {scale: _dummy_input(model, scale) for scale in missing}
-        times = {scale: [] for scale in missing}
-        for round_index in range(repeats + 1):  # round 0 warms up (and compiles on first use)
-            for scale, pixels in inputs.items():
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                model(pixels, patch_size=scale.patch_size)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if round_index:
-                    times[scale].append((time.perf_counter() - start) * 1000)
-        known.update({scale: statistics.median(values) for scale, values in times.items()})
-        model.train(was_training)
-        if use_cache:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({f"{s.frames}x{s.resolution}x{s.patch_size}": ms for s, ms in known.items()}))
+        known.update(_time_forward(model, missing, repeats, device))
+        changed = True
+    asked = {s: known[s] for s in scales}
+    suspicious = inconsistent_scales(asked)
+    if suspicious:
+        again = sorted(suspicious | {b for a in suspicious for b in asked if _tokens(a) < _tokens(b)},
+                       key=lambda s: (s.frames, s.resolution))
+        logger.info("re-measuring %d scale(s) whose times contradict their token counts: %s", len(again),
+                    ", ".join(map(str, sorted(suspicious, key=lambda s: (s.frames, s.resolution)))))
+        known.update(_time_forward(model, again, repeats, device))
+        changed = True
+    if use_cache and changed:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({f"{s.frames}x{s.resolution}x{s.patch_size}": ms for s, ms in known.items()}))
     return {s: known[s] for s in scales}
 
 
-def cost_table(model, accuracy: dict[Scale, float], unit: str = "ms") -> list[ScaleCost]:
+def cost_table(model, accuracy: dict[Scale, float], unit: str = "ms", remeasure: bool = False) -> list[ScaleCost]:
     """Every evaluated scale with its top-1 and its cost in `unit` ('ms' measured here, or 'gflops')."""
     scales = sorted(accuracy, key=lambda s: (s.frames, s.resolution))
     if unit == "ms":
-        costs = measure_milliseconds(model, scales)
+        costs = measure_milliseconds(model, scales, remeasure=remeasure)
         return [ScaleCost(s, accuracy[s], milliseconds=costs[s]) for s in scales]
     if unit == "gflops":
         return [ScaleCost(s, accuracy[s], gflops=forward_gflops(model, s)) for s in scales]
@@ -151,7 +186,7 @@ def _unit_and_budget(budget_ms: float | None, budget_gflops: float | None) -> tu
 
 
 def pick_scale(model, accuracy: str | Path | dict[Scale, float], budget_ms: float | None = None,
-               budget_gflops: float | None = None) -> tuple[ScaleCost, list[ScaleCost]]:
+               budget_gflops: float | None = None, remeasure: bool = False) -> tuple[ScaleCost, list[ScaleCost]]:
     """The most accurate evaluated scale whose cost fits the budget (the cheaper one on a tie), and the table.
 
     accuracy: a model folder with `scale_accuracy.json`, or {Scale: top-1}. Give one budget: forward milliseconds
@@ -164,7 +199,7 @@ def pick_scale(model, accuracy: str | Path | dict[Scale, float], budget_ms: floa
     unit, budget = _unit_and_budget(budget_ms, budget_gflops)
     if budget <= 0:
         raise ValueError(f"the budget must be positive, got {budget}")
-    table = cost_table(model, accuracy, unit)
+    table = cost_table(model, accuracy, unit, remeasure=remeasure)
     fitting = [row for row in table if row.cost(unit) <= budget]
     if not fitting:
         return min(table, key=lambda r: r.cost(unit)), table

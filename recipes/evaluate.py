@@ -49,6 +49,8 @@ def parse(argv=None):
     parser.add_argument("--probes", action="store_true", help="also 1-NN retrieval and linear probe on CLS features")
     parser.add_argument("--probe_train_split", default="train")
     parser.add_argument("--decoder", default="auto")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="time every scale afresh instead of using the cached forward times")
     parser.add_argument("--output_dir", default=None,
                         help="where the tables and plots go (default: MODEL-evaluation beside a model folder, or "
                              "./evaluation for a Hub model id)")
@@ -102,7 +104,7 @@ def main(argv=None):
         print(f"\nscale grid recorded for compute budgets: {save_scale_accuracy(results, args.model)}")
     if args.cost != "none":
         accuracy = {scale: values["top1"] for scale, values in results.items()}
-        table = cost_table(model, accuracy, args.cost)
+        table = cost_table(model, accuracy, args.cost, remeasure=args.remeasure)
         plot_pareto(table, Path(args.output_dir) / "pareto.png", args.cost)
         unit = "ms" if args.cost == "ms" else "GFLOPs"
         print(f"\naccuracy against cost ({unit} forward at batch 1), Pareto front marked *: "

@@ -47,6 +47,8 @@ def main(argv=None):
                         help="pick the most accurate evaluated scale whose forward time here fits (ms, batch 1)")
     budget.add_argument("--budget_gflops", type=float, default=None,
                         help="pick the most accurate evaluated scale whose forward GFLOPs fit")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="with a budget: time every scale afresh instead of using the cached forward times")
     args = parser.parse_args(argv)
     for name in ("frames", "resolution", "top_k"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -73,7 +75,7 @@ def main(argv=None):
         from modeling_stretchysnake.compute_budget import explain, pick_scale
 
         try:
-            choice, table = pick_scale(model, args.model, args.budget_ms, args.budget_gflops)
+            choice, table = pick_scale(model, args.model, args.budget_ms, args.budget_gflops, args.remeasure)
         except FileNotFoundError as error:
             parser.error(str(error))
         print(explain(choice, table, args.budget_ms, args.budget_gflops))

@@ -119,3 +119,32 @@ def test_compute_budget_picks_the_most_accurate_scale_that_fits(saved, tmp_path,
     assert "running at 4 frames x 32 px" in printed and "at 4 frames x 32 px:" in printed and len(results) == 2
     with pytest.raises(SystemExit):
         predict_recipe.main(["--model", str(model_dir), "--video", str(video), "--budget_ms", "5", "--frames", "2"])
+
+
+def test_cached_costs_that_contradict_token_counts_are_measured_again(tmp_path, monkeypatch):
+    """A forward time cached while the machine was busy (fewer tokens, much slower) is re-measured, a consistent
+    cache is used as it is, and remeasure=True times everything afresh."""
+    from modeling_stretchysnake import compute_budget
+    from modeling_stretchysnake.scales import Scale
+
+    monkeypatch.setenv("STRETCHYSNAKE_CACHE", str(tmp_path / "cache"))
+    model = StretchySnakeForVideoClassification(small_config()).eval()
+    scales = [Scale(2, 16, 4), Scale(4, 16, 4), Scale(4, 32, 8)]
+    measured = compute_budget.measure_milliseconds(model, scales, repeats=2)
+    cache = compute_budget._cost_cache_file(model, torch.device("cpu"))
+    stored = json.loads(cache.read_text())
+    assert set(stored) == {"2x16x4", "4x16x4", "4x32x8"} and measured[Scale(2, 16, 4)] == stored["2x16x4"]
+    consistent = {"2x16x4": 1.0, "4x16x4": 2.0, "4x32x8": 3.0}  # made up, but in token order: kept as they are
+    cache.write_text(json.dumps(consistent))
+    assert compute_budget.measure_milliseconds(model, scales, repeats=2) == {
+        Scale(2, 16, 4): 1.0, Scale(4, 16, 4): 2.0, Scale(4, 32, 8): 3.0}
+    busy = {**consistent, "2x16x4": 36.3}  # 2 frames timed 12x slower than 4 frames of the same frame size
+    cache.write_text(json.dumps(busy))
+    assert compute_budget.inconsistent_scales({Scale(*map(int, k.split("x"))): v for k, v in busy.items()}) == {
+        Scale(2, 16, 4)}
+    again = compute_budget.measure_milliseconds(model, scales, repeats=2)
+    assert again[Scale(2, 16, 4)] != 36.3 and again[Scale(4, 16, 4)] != 2.0  # measured again with what it contradicts
+    assert json.loads(cache.read_text())["2x16x4"] == again[Scale(2, 16, 4)]
+    cache.write_text(json.dumps(consistent))
+    fresh = compute_budget.measure_milliseconds(model, scales, repeats=2, remeasure=True)
+    assert all(fresh[scale] != consistent[f"{scale.frames}x{scale.resolution}x{scale.patch_size}"] for scale in scales)
