@@ -232,6 +232,11 @@ def read_video(
         readers.append(_read_decord)
     if backend in ("auto", "pyav"):
         readers.append(_read_pyav)
+    if backend == "auto" and resize == "shortest":
+        # measured (bench/decoding.py, bench/RESULTS.md): for aspect-keeping requests PyAV was 1.6-1.7x faster on
+        # H.264 files and decord held 75-790 MB more (it opens the file twice, once at full size to learn its size);
+        # for 'squash' the faster one depends on the codec (decord on short-GOP MPEG-4), and decord stays first
+        readers.reverse()
     if not readers:
         raise ImportError("decord is not installed; install the `video` extra or use backend='pyav'")
     errors = []
@@ -367,7 +372,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         processor: a StretchySnakeVideoProcessor (resizing, cropping, normalisation).
         training: squash-resize to R x R (flexible training) instead of shortest-side resize + centre crop.
         view: the evaluation view (temporal clip x spatial crop).
-        decoder: 'auto' (decord, then PyAV), 'decord' or 'pyav'.
+        decoder: 'auto' (decord then PyAV for 'squash' requests, PyAV then decord for 'shortest'; see
+            `read_video`), 'decord' or 'pyav'.
         max_replacements: how many following videos to try in place of an unreadable one.
     """
 

@@ -49,7 +49,9 @@ class StretchySnakeVideoProcessor(BaseVideoProcessor):
         num_frames (`int`, defaults to 16): frames sampled uniformly over the whole video (or segment).
         resolution (`int`, defaults to 224): output side R.
         image_mean, image_std: normalisation (VideoMamba's ImageNet values).
-        decoder (`str`, defaults to `"auto"`): decord with PyAV fallback, or `"decord"` / `"pyav"`.
+        decoder (`str`, defaults to `"auto"`): both, each falling back on the other: decord first for squashed
+            frames, PyAV first for the aspect-keeping (shortest side) resize, the faster per request as measured;
+            or `"decord"` / `"pyav"` alone.
     """
 
     model_input_names = ["pixel_values"]

@@ -106,7 +106,9 @@ class StretchySnakeArguments:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     layer_decay: float = 1.0
-    decoder: str = field(default="auto", metadata={"help": "auto (decord, then PyAV), decord or pyav"})
+    decoder: str = field(default="auto", metadata={
+        "help": "auto (decord first for training's squashed frames, PyAV first for evaluation's aspect-keeping "
+                "resize: the faster per request, bench/RESULTS.md), decord or pyav"})
     cpu_threads: int = field(default=0, metadata={
         "help": "torch threads when training on the CPU: 0 = every core available when this is the only process "
                 "(accelerate's single-process launcher sets OMP_NUM_THREADS=1), the launcher's setting when there "

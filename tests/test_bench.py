@@ -1,6 +1,8 @@
 """The benchmark scripts end to end at toy size: they run, and print and write what they measured."""
 
 import json
+
+import pytest
 import re
 import sys
 
@@ -118,3 +120,19 @@ def test_gpu_script_dry_run(tmp_path):
     markdown = (tmp_path / "gpu" / "results.md").read_text()
     assert "### 4. A short training run" in markdown and "| frames \\ px |" in markdown
     assert "failed sections" not in result.stderr
+
+
+def test_decoding_benchmark_compares_both_decoders(tmp_path):
+    pytest.importorskip("decord")
+    rows_file = tmp_path / "rows.json"
+    result = run_script([sys.executable, str(ROOT / "bench" / "decoding.py"), "--files_dir", str(tmp_path / "files"),
+                         "--files", "phone_vertical", "--seconds_scale", "0.05", "--frames", "4", "--resolution",
+                         "32", "--repeats", "1", "--json", str(rows_file)], tmp_path)
+    rows = json.loads(rows_file.read_text())
+    assert [row["resize"] for row in rows] == ["squash", "shortest"]
+    for row in rows:
+        assert row["decord_seconds"] > 0 and row["pyav_seconds"] > 0
+        assert row["pyav_shape"][0] == 4 and min(row["pyav_shape"][1:3]) == 32
+        assert row["decord_shape"] == row["pyav_shape"]  # the same request served, upright, by both
+    assert rows[1]["pyav_shape"][1] > rows[1]["pyav_shape"][2]  # the phone clip is shown portrait
+    assert "faster" in result.stdout.splitlines()[1]

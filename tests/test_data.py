@@ -230,3 +230,26 @@ def test_token_budget_batches_follow_the_scale_and_ranks_agree():
                                    max_batch_size=8)
     again.set_epoch(1)
     assert list(again) == epochs[0][1]  # a resumed run rebuilds the same epoch
+
+
+@pytest.mark.parametrize("resize,first", [("squash", "decord"), ("shortest", "pyav")])
+def test_auto_decoder_order_follows_the_request(monkeypatch, resize, first):
+    """'auto' tries the decoder measured faster for the request first (bench/decoding.py) and falls back on the
+    other."""
+    from modeling_stretchysnake import data
+
+    calls = []
+
+    def recorder(name, fail):
+        def read(*args):
+            calls.append(name)
+            if fail:
+                raise RuntimeError(f"{name} cannot")
+            return np.zeros((2, 8, 8, 3), dtype=np.uint8)
+        return read
+
+    monkeypatch.setattr(data, "_decord_available", lambda: True)
+    monkeypatch.setattr(data, "_read_decord", recorder("decord", fail=first == "decord"))
+    monkeypatch.setattr(data, "_read_pyav", recorder("pyav", fail=first == "pyav"))
+    data.read_video("clip.mp4", 2, 8, resize)
+    assert calls == [first, {"decord": "pyav", "pyav": "decord"}[first]]
