@@ -146,5 +146,16 @@ def resolve_model_reference(reference: str, token: str | bool | None = None) -> 
     return str(pretrained_folder(checkpoint, token=token)) if checkpoint is not None else reference
 
 
-__all__ = ["HubCheckpoint", "parse_hub_checkpoint", "pretrained_folder", "resolve_model_reference",
+def load_model(model_class, reference: str, **kwargs):
+    """``model_class.from_pretrained`` on a model reference (see `resolve_model_reference`), with an error that
+    names the reference when nothing loads from it."""
+    resolved = resolve_model_reference(reference, token=kwargs.get("token"))
+    try:
+        return model_class.from_pretrained(resolved, **kwargs)
+    except OSError as error:
+        raise OSError(f"cannot load a model from {reference!r} (not a model folder here, nor a model id or an "
+                      f"OWNER/REPO/FILE.pth checkpoint the Hub has): {error}") from error
+
+
+__all__ = ["HubCheckpoint", "load_model", "parse_hub_checkpoint", "pretrained_folder", "resolve_model_reference",
            "save_with_processor"]

@@ -27,7 +27,7 @@ from modeling_stretchysnake import StretchySnakeForVideoClassification, Stretchy
 from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.data import VideoClipDataset, VideoDecodeError
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
-from modeling_stretchysnake.pretrained import resolve_model_reference
+from modeling_stretchysnake.pretrained import load_model, resolve_model_reference
 from modeling_stretchysnake.probes import probe_scores
 from modeling_stretchysnake.compute_budget import cost_table, pareto_front, save_scale_accuracy
 from modeling_stretchysnake.reporting import format_table, plot_pareto, write_results
@@ -69,7 +69,7 @@ def main(argv=None):
         model_dir = Path(args.model)
         args.output_dir = str(model_dir.parent / f"{model_dir.name}-evaluation" if model_dir.is_dir()
                               else Path("evaluation"))
-    model = StretchySnakeForVideoClassification.from_pretrained(args.model).eval()
+    model = load_model(StretchySnakeForVideoClassification, args.model).eval()
     manifest = load_from_disk(args.manifest)
     processor = StretchySnakeVideoProcessor(decoder=args.decoder)
     test_set = VideoClipDataset(manifest[args.split], processor, training=False, decoder=args.decoder)

@@ -19,8 +19,7 @@ import torch
 
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
 from modeling_stretchysnake.cli import run_cli
-from modeling_stretchysnake.convert_videomamba_checkpoint import ConversionError
-from modeling_stretchysnake.pretrained import resolve_model_reference
+from modeling_stretchysnake.pretrained import load_model, resolve_model_reference
 
 
 def predict(model, processor, video: str, frames: int, resolution: int, top_k: int = 5) -> list[tuple[str, float]]:
@@ -60,11 +59,8 @@ def main(argv=None):
     if budgeted and (args.frames is not None or args.resolution is not None):
         parser.error("give a budget or a scale (--frames/--resolution), not both")
 
-    try:
-        args.model = resolve_model_reference(args.model)
-    except ConversionError as error:
-        parser.exit(1, f"error: {error}\n")
-    model = StretchySnakeForVideoClassification.from_pretrained(args.model).eval()
+    args.model = resolve_model_reference(args.model)  # a Hub checkpoint -> its converted folder
+    model = load_model(StretchySnakeForVideoClassification, args.model).eval()
     try:
         processor = StretchySnakeVideoProcessor.from_pretrained(args.model)
     except OSError:  # a folder without a saved processor (e.g. a converted checkpoint)

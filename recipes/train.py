@@ -42,7 +42,7 @@ from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.compute_budget import save_scale_accuracy
 from modeling_stretchysnake.data import VideoClipDataset
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
-from modeling_stretchysnake.pretrained import resolve_model_reference
+from modeling_stretchysnake.pretrained import load_model
 from modeling_stretchysnake.reporting import format_table, plot_heatmaps, plot_training_curves, write_results
 from modeling_stretchysnake.scales import VARIANTS, Scale, ScaleSampler
 from modeling_stretchysnake.trainer import StretchySnakeTrainer
@@ -167,8 +167,8 @@ def build_model(args: StretchySnakeArguments, label_names: list[str],
     if scale_mode is None:
         scale_mode = "static_patches" if args.variant in ("temporal", "static_patches") else "static_tokens"
     if args.model_name_or_path:
-        return StretchySnakeForVideoClassification.from_pretrained(
-            resolve_model_reference(args.model_name_or_path), id2label=id2label,
+        return load_model(
+            StretchySnakeForVideoClassification, args.model_name_or_path, id2label=id2label,
             label2id={v: k for k, v in id2label.items()},
             num_labels=len(label_names), scale_mode=scale_mode, ignore_mismatched_sizes=True,
         )

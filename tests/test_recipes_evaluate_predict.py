@@ -148,3 +148,23 @@ def test_cached_costs_that_contradict_token_counts_are_measured_again(tmp_path, 
     cache.write_text(json.dumps(consistent))
     fresh = compute_budget.measure_milliseconds(model, scales, repeats=2, remeasure=True)
     assert all(fresh[scale] != consistent[f"{scale.frames}x{scale.resolution}x{scale.patch_size}"] for scale in scales)
+
+
+@pytest.mark.parametrize("script,arguments,message", [
+    ("predict.py", ["--model", "no/such_folder", "--video", "clip.mp4"], "no/such_folder"),
+    ("train.py", ["--manifest", "no_such_manifest", "--max_steps", "1"], "no_such_manifest"),
+    ("evaluate.py", ["--model", "{model}", "--manifest", "no_such_manifest"], "no_such_manifest"),
+], ids=["predict-missing-model", "train-missing-manifest", "evaluate-missing-manifest"])
+def test_recipes_report_bad_input_in_one_line(saved, tmp_path, script, arguments, message):
+    """Bad input is one `error:` line naming it and exit status 1; --debug gives the traceback."""
+    import subprocess
+
+    command = [sys.executable, str(ROOT / "recipes" / script),
+               *[argument.format(model=saved / "model") for argument in arguments]]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    debug = subprocess.run(command + ["--debug"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr

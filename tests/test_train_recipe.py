@@ -83,11 +83,16 @@ def test_fixed_scale_baseline_choice():
 @pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_recipe_config_parses(config):
     sys.path.insert(0, str(ROOT / "recipes"))
+    import warnings
+
     import train
 
     from modeling_stretchysnake.scales import ScaleSampler
 
-    args, training_args = train.parse_arguments(["--config", str(config)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated option in a shipped config
+        warnings.simplefilter("error", DeprecationWarning)
+        args, training_args = train.parse_arguments(["--config", str(config)])
     sampler = ScaleSampler(args.variant, args.train_frames, args.train_resolutions, args.train_patch_sizes)
     assert sampler.all_scales()
     if not config.stem.startswith("variant_"):
