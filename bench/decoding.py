@@ -117,8 +117,8 @@ def main(argv=None):
             rows.append(row)
             timed = {d: cells[d]["seconds"] for d in DECODERS if "seconds" in cells[d]}
             faster = min(timed, key=timed.get) if len(timed) == len(DECODERS) else "-"
-            text = " ".join(f"{cells[d].get('seconds', float('nan')):>10.3f} {cells[d].get('peak_mib', float('nan')):>11.1f}"
-                            if "seconds" in cells[d] else f"{cells[d]['error'][:22]:>22}" for d in DECODERS)
+            text = " ".join(f"{cells[d]['seconds']:>10.3f} {cells[d]['peak_mib']:>11.1f}" if "seconds" in cells[d]
+                            else f"{cells[d]['error'][:22]:>22}" for d in DECODERS)
             print(f"{name:>16} {f'{width}x{height}':>10} {resize:>9} {text}   {faster}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

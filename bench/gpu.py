@@ -322,7 +322,8 @@ def check_max_batch(settings, budget_gib, seconds_per_model):
                     torch.cuda.empty_cache()
 
         low, high = 0, 1
-        while fits(high) and time.perf_counter() - start < seconds_per_model and high < (4 if settings.dry_run else 4096):
+        largest = 4 if settings.dry_run else 4096
+        while fits(high) and time.perf_counter() - start < seconds_per_model and high < largest:
             low, high = high, high * 2
         while high - low > 1 and time.perf_counter() - start < seconds_per_model:
             middle = (low + high) // 2

@@ -249,9 +249,11 @@ def table(rows, key: str, axis: str, fixed: str) -> str:
                 row = next((r for r in rows if r[axis] == value and r["model"] == m and r["mode"] == mode), None)
                 v = None if row is None or "error" in row else row.get(key)
                 cell[m] = v
-                cells.append(f"{v:>30.2f}" if isinstance(v, (int, float)) else f"{(row or {}).get('error', '-')[:30]:>30}")
+                cells.append(f"{v:>30.2f}" if isinstance(v, (int, float))
+                             else f"{(row or {}).get('error', '-')[:30]:>30}")
             for m in ours:
-                if isinstance(cell[m], (int, float)) and isinstance(cell.get("videomae"), (int, float)) and cell["videomae"]:
+                reference = cell.get("videomae")
+                if isinstance(cell[m], (int, float)) and isinstance(reference, (int, float)) and reference:
                     label = "unfused " if m == UNFUSED else ""
                     ratios.append(f"{label}{mode} {cell[m] / cell['videomae']:.2f}")
         lines.append(f"{value:>10} " + " ".join(cells) + "   " + ", ".join(ratios))
@@ -323,7 +325,8 @@ def main(argv=None):
                 print("  measured", frame_rows[-1], flush=True)
         for resolution in args.resolutions:
             for name in models:
-                resolution_rows.append(run_child(name, 8, resolution, mode, args.timeout, args.repeats, args.repeat_seconds))
+                resolution_rows.append(run_child(name, 8, resolution, mode, args.timeout, args.repeats,
+                                                 args.repeat_seconds))
                 print("  measured", resolution_rows[-1], flush=True)
     if args.json:
         with open(args.json, "w") as handle:
@@ -332,7 +335,8 @@ def main(argv=None):
         for row in saved_rows:
             row["scale"] = f"{row['frames']}x{row['resolution']}"
         print()
-        print(table(saved_rows, "saved_per_token_layer", "scale", "saved floats per token per block / width, width 192"))
+        print(table(saved_rows, "saved_per_token_layer", "scale",
+                    "saved floats per token per block / width, width 192"))
         print(f"official VideoMamba fused path (analytic, from mamba-ssm's source), width 192: "
               f"{official_fused_saved_per_token_layer(192):.2f}")
 

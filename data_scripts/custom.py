@@ -132,7 +132,8 @@ def build(entries: list[dict], output, test_fraction: float = 0.0, seed: int = 0
 
 
 def print_split_counts(splits: dict[str, list[dict]], names: list[str]) -> None:
-    order = [name for name in ("train", "val", "test") if name in splits] + sorted(set(splits) - {"train", "val", "test"})
+    usual = ("train", "val", "test")
+    order = [name for name in usual if name in splits] + sorted(set(splits) - set(usual))
     width = max(len(name) for name in names + ["class"])
     print(f"{'class':<{width}}  " + "  ".join(f"{split:>6}" for split in order))
     for index, name in enumerate(names):

@@ -284,8 +284,7 @@ if not _defined(_BACKWARD):
         else:
             grad_out_proj = grad_out.reshape(-1, grad_out.shape[-1]).t() @ y.reshape(-1, width // 2)
         stacked = [torch.stack(grads[name]) for name in ("x_proj", "dt_proj", "dt_bias", "A", "D")]
-        return (grad_xz.to(xz.dtype), grad_conv_weight, grad_conv_bias, stacked[0], stacked[1], stacked[2], stacked[3], stacked[4],
-                grad_out_proj)
+        return (grad_xz.to(xz.dtype), grad_conv_weight, grad_conv_bias, *stacked, grad_out_proj)
 
     @bidirectional_mixer_bwd.register_fake
     def _(grad_out, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, out_proj_weight,

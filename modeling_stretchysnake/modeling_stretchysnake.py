@@ -81,7 +81,8 @@ class _RMSNormFunction(torch.autograd.Function):
         grad_out = grad_out.to(inverse_rms.dtype)
         grad_weight = (grad_out * normalised).reshape(-1, normalised.shape[-1]).sum(0)
         grad_normalised = grad_out * weight.to(inverse_rms.dtype)
-        grad_hidden = inverse_rms * (grad_normalised - normalised * (grad_normalised * normalised).mean(-1, keepdim=True))
+        projection = (grad_normalised * normalised).mean(-1, keepdim=True)
+        grad_hidden = inverse_rms * (grad_normalised - normalised * projection)
         return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), None
 
 

@@ -247,7 +247,7 @@ def scan_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, so
     y_rows, copy_y = _row_buffer(y_out, u) if y_out is not None else (u.new_empty(0, dtype=torch.float32), False)
     grad_A = torch.empty(batch, d_inner, n_state, **f32)
     grad_D, grad_bias = torch.empty(batch, d_inner, **f32), torch.empty(batch, d_inner, **f32)
-    grad_B, grad_C = torch.zeros(batch, blocks, length, n_state, **f32), torch.zeros(batch, blocks, length, n_state, **f32)
+    grad_B, grad_C = (torch.zeros(batch, blocks, length, n_state, **f32) for _ in range(2))
     scratch = torch.empty(batch * blocks, MAX_CHUNK + 1, BLOCK_D, block_n, **f32)
     _scan_backward_kernel[(batch, blocks)](
         _rows(grad_out), _rows(u), _rows(delta), A.contiguous(), B, C, _optional(D, u),

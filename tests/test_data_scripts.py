@@ -133,6 +133,7 @@ def test_custom_folder_and_list(tmp_path, clip):
                                        "mine/layup/c.mp4,layup,,,test\nmine/layup/missing.mp4,layup,,,test\n")
     manifest = custom.build(custom.entries_from_list(tmp_path / "list.csv"), tmp_path / "m2")
     assert manifest["train"][0]["start"] == 0.1 and list(manifest["test"]["label"]) == [1]  # the missing file is dropped
+    assert manifest["train"][0]["time_unit"] == "seconds" and manifest["test"][0]["time_unit"] == "frames"  # untimed
     (tmp_path / "list.json").write_text(json.dumps([{"path": "mine/dunk/b.mp4", "label": "dunk"}]))
     assert len(custom.build(custom.entries_from_list(tmp_path / "list.json"), tmp_path / "m3")["train"]) == 1
 

@@ -175,7 +175,7 @@ def test_evaluate_with_no_readable_video_exits_with_a_message(tmp_path):
     broken = [tmp_path / f"broken_{i}.mp4" for i in range(3)]
     for path in broken:
         path.write_text("not a video")
-    with pytest.raises(SystemExit, match="cannot evaluate .* are unreadable"):
+    with pytest.raises(SystemExit, match="cannot evaluate .*none of the 3 videos tried from index 0 \\(of 3\\) can be read"):
         evaluate_recipe.main(make_manifest(tmp_path, broken))
 
 
