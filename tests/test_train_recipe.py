@@ -123,3 +123,28 @@ def test_a_single_cpu_process_uses_every_core(manifest_dir, tmp_path):
     pinned = run_script([sys.executable, str(ROOT / "recipes" / "train.py"), "--manifest", str(manifest_dir),
                          "--output_dir", str(tmp_path / "out1"), "--baseline", "none", *TINY_RUN], tmp_path)
     assert "with 1 torch threads" in pinned.stderr
+
+
+def test_help_states_the_real_grid_and_the_baseline_default():
+    result = run_script([sys.executable, str(ROOT / "recipes" / "train.py"), "--help"], ROOT)
+    text = " ".join(result.stdout.split())
+    assert "grid = R / patch size" in text and "R/16" not in text
+    assert "no fixed-scale model with --manifest" in text
+
+
+def test_make_demo_gives_the_launcher_every_value_it_would_default():
+    """accelerate warns about each launcher value it defaults; the Makefile's demo line passes them all."""
+    import re
+    import subprocess
+
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    launch = re.search(r"accelerate launch (.*?)\s+recipes/train\.py", makefile).group(1).split()
+    script = ROOT / "tests" / "conftest.py"  # any script: only the launcher's own output matters here
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
+    result = subprocess.run(accelerate + launch + [str(script)], capture_output=True, text=True, timeout=300,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "were not passed" not in result.stderr and "defaults used instead" not in result.stderr
+    bare = subprocess.run(accelerate + [str(script)], capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    assert "were not passed" in bare.stderr  # the warning this avoids
