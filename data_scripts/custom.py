@@ -83,14 +83,18 @@ def group_key(entry: dict, group_by: str | None) -> str:
 def assign_splits(entries: list[dict], test_fraction: float, val_fraction: float = 0.0, seed: int = 0,
                   group_by: str | None = None) -> list[str]:
     """The split of each entry: its own `split` if it has one, else drawn per class (stratified) in the given
-    proportions, whole groups at a time (clips of one source never straddle two splits). A class with at least two
-    groups gets at least one in test, with three at least one in validation too, and always keeps one for
-    training. Reproducible from `seed`."""
+    proportions, whole groups at a time (clips of one source never straddle two splits; a source whose clips have
+    several classes counts for the class of its first clip). A class with at least two groups gets at least one in
+    test, with three at least one in validation too, and always keeps one for training. Reproducible from
+    `seed`."""
     splits = [entry.get("split") or None for entry in entries]
-    groups: dict[str, dict[str, list[int]]] = {}  # class -> group -> entry indices
+    members_of: dict[str, list[int]] = {}  # group -> entry indices, across classes
     for index, entry in enumerate(entries):
         if splits[index] is None:
-            groups.setdefault(str(entry["label"]), {}).setdefault(group_key(entry, group_by), []).append(index)
+            members_of.setdefault(group_key(entry, group_by), []).append(index)
+    groups: dict[str, dict[str, list[int]]] = {}  # class (of the group's first clip) -> group -> entry indices
+    for key, indices in members_of.items():
+        groups.setdefault(str(entries[indices[0]]["label"]), {})[key] = indices
     rng = random.Random(seed)
     for label in sorted(groups):
         members = [groups[label][key] for key in sorted(groups[label])]

@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         if not ({"id2label", "num_labels"} & set(overrides)):
             name_detected_labels(model, str(args.checkpoint))
     except conversion_errors as error:
-        parser.exit(1, f"conversion failed: {error}\n")
+        hint = " (a download cut short? --force-download fetches it again)" if "cannot read" in str(error) else ""
+        parser.exit(1, f"conversion failed: {error}{hint}\n")
     save_with_processor(model, args.output_dir)
     config = model.config
     print(

@@ -131,8 +131,9 @@ def pretrained_folder(checkpoint: HubCheckpoint | str, token: str | bool | None 
             if not (folder / "config.json").exists():
                 raise
     except ConversionError as error:
-        raise ConversionError(f"{checkpoint}: {error} (if the download was cut short, pass force_download=True "
-                              f"or --force-download to fetch it again)") from error
+        hint = (" (if the download was cut short, pass force_download=True or --force-download to fetch it again)"
+                if "cannot read" in str(error) else "")
+        raise ConversionError(f"{checkpoint}: {error}{hint}") from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("converted %s into %s", checkpoint, folder)
