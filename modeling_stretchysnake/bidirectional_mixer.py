@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from .selective_scan_fused import (
     CHECKPOINT_EVERY,
     _defined,
+    compute_dtype,
     gradient_groups,
     numba_kernels,
     triton_kernels,
@@ -310,17 +311,13 @@ def bidirectional_mixer_fused(xz, conv_weight, conv_bias, x_proj_weight, dt_proj
                               out_proj_weight=None):
     """The fused mixer, differentiable (shapes in the module docstring). Computed in float32 (float64 for float64
     inputs); the output has xz's dtype. A 16-bit xz (in_proj under autocast) is kept in 16 bits for backward."""
-    dtype = torch.float64 if xz.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(xz)
     if xz.dtype not in (torch.bfloat16, torch.float16):
         xz = xz.to(dtype)
     args = [None if t is None else t.to(dtype).contiguous() for t in
             (conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, out_proj_weight)]
     out, _ = torch.ops.stretchysnake.bidirectional_mixer_fwd(xz, *args)
     return out
-
-
-def _at_least_float32(x):
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def bidirectional_mixer_mamba_ssm(mamba_inner_fn, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
@@ -334,8 +331,8 @@ def bidirectional_mixer_mamba_ssm(mamba_inner_fn, xz, conv_weight, conv_bias, x_
     for direction, sequence in enumerate((xz, xz.flip(-1))):
         out = mamba_inner_fn(sequence, conv_weight[direction].unsqueeze(1), conv_bias[direction],
                              x_proj_weight[direction], dt_proj_weight[direction], out_proj_weight, None, A[direction],
-                             None, None, _at_least_float32(D[direction]),
-                             delta_bias=_at_least_float32(dt_proj_bias[direction]), delta_softplus=True)
+                             None, None, D[direction].to(compute_dtype(D)),
+                             delta_bias=dt_proj_bias[direction].to(compute_dtype(D)), delta_softplus=True)
         outputs.append(out if direction == 0 else out.flip(1))
     return outputs[0] + outputs[1]
 

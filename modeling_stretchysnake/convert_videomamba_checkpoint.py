@@ -19,6 +19,7 @@ conversion with the list of keys: nothing is silently dropped except the `clip_d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         hub = parse_hub_checkpoint(args.checkpoint)
         if hub is not None:
             if args.revision:
-                hub = type(hub)(hub.repo_id, hub.filename, args.revision)
+                hub = dataclasses.replace(hub, revision=args.revision)
             path = download(hub, token=args.token, force_download=args.force_download)
         model = convert_checkpoint(path, **overrides)
         if not ({"id2label", "num_labels"} & set(overrides)):

@@ -23,6 +23,7 @@ from .configuration_stretchysnake import StretchySnakeConfig
 from .resizing import resample_spatial_pos_embed, resample_temporal_pos_embed, resize_patch_kernel
 from .bidirectional_mixer import bidirectional_mixer_fused, bidirectional_mixer_mamba_ssm
 from .selective_scan import load_mamba_inner_fn, resolve_scan_backend, selective_scan
+from .selective_scan_fused import compute_dtype
 
 
 @dataclass
@@ -87,7 +88,7 @@ class _RMSNormFunction(torch.autograd.Function):
 
 
 def _rms_normalise(hidden: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    hidden = hidden.to(torch.promote_types(hidden.dtype, torch.float32))  # at least float32
+    hidden = hidden.to(compute_dtype(hidden))
     inverse_rms = torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps)
     return hidden * inverse_rms, inverse_rms
 
@@ -211,7 +212,7 @@ class StretchySnakeMixer(nn.Module):
         x_dbl = x_proj(x.transpose(1, 2))  # (B, L, rank + 2N)
         dt, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias is added inside the scan
-        state_dtype = torch.promote_types(x.dtype, torch.float32)
+        state_dtype = compute_dtype(x)
         return selective_scan(
             x,
             delta,
@@ -237,7 +238,7 @@ class StretchySnakeMixer(nn.Module):
             pair(self.x_proj.weight, self.x_proj_b.weight),  # (2, rank + 2N, d_inner)
             pair(self.dt_proj.weight, self.dt_proj_b.weight),  # (2, d_inner, rank)
             pair(self.dt_proj.bias, self.dt_proj_b.bias),
-            -torch.exp(pair(self.A_log, self.A_b_log).to(torch.promote_types(self.A_log.dtype, torch.float32))),
+            -torch.exp(pair(self.A_log, self.A_b_log).to(compute_dtype(self.A_log))),
             pair(self.D, self.D_b),
         )
 

@@ -29,21 +29,16 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .selective_scan_fused import numba_available, selective_scan_fused, triton_available
+from .selective_scan_fused import compute_dtype, numba_available, selective_scan_fused, triton_available
 
 logger = logging.getLogger(__name__)
 
 SCAN_BACKENDS = ("auto", "numba", "triton", "mamba_ssm", "chunked", "reference")
 SCAN_BACKEND_ENV = "STRETCHYSNAKE_SCAN_BACKEND"
 
-def _compute_dtype(u: torch.Tensor) -> torch.dtype:
-    # The state is kept in float32 for half-precision inputs (fp16/bf16 states overflow or drift); float64
-    # inputs stay float64 so the backends can be compared tightly.
-    return torch.float64 if u.dtype == torch.float64 else torch.float32
-
 
 def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
-    dtype = _compute_dtype(u)
+    dtype = compute_dtype(u)
     u = u.to(dtype)
     delta = delta.to(dtype)
     if delta_bias is not None:

@@ -67,6 +67,12 @@ def _checkpoint_count(length):
     return -(-length // CHECKPOINT_EVERY)
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """What the scans compute in: float32, or float64 for float64 inputs (a 16-bit state overflows or drifts;
+    float64 stays float64 so backends can be compared tightly)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _state_dtype(u: torch.Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 and u.device.type == "cpu" else torch.float32
 
@@ -223,10 +229,10 @@ if not _defined(_BACKWARD):
 def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """The fused scan, differentiable. 16-bit inputs are computed with an fp32 state and returned in their dtype."""
     out_dtype = u.dtype
-    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(u)
     cast = [None if x is None else x.to(dtype) for x in (u, delta, A, B, C, D, z, delta_bias)]
     out, _ = torch.ops.stretchysnake.selective_scan_fwd(*cast, delta_softplus)
     return out.to(out_dtype)
 
 
-__all__ = ["selective_scan_fused", "numba_available", "triton_available", "CHECKPOINT_EVERY"]
+__all__ = ["compute_dtype", "selective_scan_fused", "numba_available", "triton_available", "CHECKPOINT_EVERY"]

@@ -132,10 +132,10 @@ def launch_flags() -> list[str]:
     """Defaults that depend on the machine. Without CUDA: no pinned memory, and with several processes
     (accelerate's MULTI_GPU launcher, torchrun) training on the CPU with gloo: without use_cpu, transformers sets up
     no process group there and every process trains alone."""
-    flags = []
-    if not torch.cuda.is_available():  # pinned memory helps only copies to a GPU; torch warns on every CPU run
-        flags += ["--dataloader_pin_memory", "false"]
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        return []
+    flags = ["--dataloader_pin_memory", "false"]  # pinned memory helps only copies to a GPU; torch warns on CPU
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         flags += ["--use_cpu", "true"]
     return flags
 
