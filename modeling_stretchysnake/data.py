@@ -335,10 +335,15 @@ class MultiScaleBatchSampler(torch.utils.data.Sampler):
 
 
 class FixedScaleBatchSampler(torch.utils.data.Sampler):
-    """Evaluation batches at one scale over this rank's share of the items (rank::num_replicas)."""
+    """Evaluation batches at one scale over this rank's share of the items (rank::num_replicas).
+
+    Every rank gets the same number of items, as DistributedSampler does: a rank short of the others repeats items
+    from the start, so all ranks run the same number of forward passes (under FSDP each one is collective). Callers
+    count each item once (`index`)."""
 
     def __init__(self, num_samples: int, batch_size: int, scale: Scale, num_replicas: int = 1, rank: int = 0):
-        self.indices = list(range(rank, num_samples, num_replicas))
+        per_rank = math.ceil(num_samples / num_replicas)
+        self.indices = [i % num_samples for i in range(rank, per_rank * num_replicas, num_replicas)]
         self.batch_size = batch_size
         self.scale = scale
 

@@ -140,16 +140,29 @@ def sincos_position_table(grid: int, dim: int) -> torch.Tensor:
     return F.pad(table, (0, dim - table.shape[1]))  # dims not divisible by 4: zero-filled tail
 
 
+class StretchySnakePatchEmbeddings(nn.Conv3d):
+    """The per-frame patch conv, stored at the base patch size and applied at any patch size: the kernel is resized
+    to the call's patch size (`config.kernel_resize_mode`). Called as a module, so hooks on it (FSDP's all-gather of
+    the input-embedding unit, adapters) see each use of its weights."""
+
+    def __init__(self, config: StretchySnakeConfig):
+        p = config.patch_size
+        super().__init__(config.num_channels, config.hidden_size, kernel_size=(1, p, p), stride=(1, p, p))
+        self.config = config
+
+    def forward(self, pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+        # pixel_values: (B, C, T, H, W) with H and W multiples of patch_size -> (B, D, T, H/p, W/p)
+        kernel = resize_patch_kernel(self.weight, (patch_size, patch_size), self.config.kernel_resize_mode)  # (D,C,1,p,p)
+        return F.conv3d(pixel_values.to(kernel.dtype), kernel, self.bias, stride=(1, patch_size, patch_size))
+
+
 class StretchySnakeEmbeddings(nn.Module):
     """Per-frame patch tokens + CLS, with the kernel and position embeddings resized to the call's scale."""
 
     def __init__(self, config: StretchySnakeConfig):
         super().__init__()
         self.config = config
-        p = config.patch_size
-        self.patch_embeddings = nn.Conv3d(
-            config.num_channels, config.hidden_size, kernel_size=(1, p, p), stride=(1, p, p)
-        )
+        self.patch_embeddings = StretchySnakePatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + config.grid_size**2, config.hidden_size))
         self.temporal_position_embeddings = nn.Parameter(torch.zeros(1, config.num_frames, config.hidden_size))
@@ -162,15 +175,7 @@ class StretchySnakeEmbeddings(nn.Module):
         pad_height, pad_width = grid[0] * patch_size - height, grid[1] * patch_size - width
         if pad_height or pad_width:  # zeros are the mean colour after normalisation
             pixel_values = F.pad(pixel_values, (0, pad_width, 0, pad_height))
-        kernel = resize_patch_kernel(
-            self.patch_embeddings.weight, (patch_size, patch_size), self.config.kernel_resize_mode
-        )  # (D, C, 1, p, p)
-        patches = F.conv3d(
-            pixel_values.transpose(1, 2).to(kernel.dtype),
-            kernel,
-            self.patch_embeddings.bias,
-            stride=(1, patch_size, patch_size),
-        )  # (B, D, T, h, w)
+        patches = self.patch_embeddings(pixel_values.transpose(1, 2), patch_size)  # (B, D, T, h, w)
         tokens = patches.flatten(3).permute(0, 2, 3, 1)  # (B, T, h*w, D)
         base_grid = (self.config.grid_size, self.config.grid_size)
         spatial = resample_spatial_pos_embed(self.position_embeddings[:, 1:], base_grid, grid)  # (1, h*w, D)
@@ -291,6 +296,15 @@ class StretchySnakeBlock(GradientCheckpointingLayer):
         return residual + drop_path(hidden, self.drop_path_rate, self.training).to(residual.dtype)
 
 
+def unsharded_class(module: nn.Module) -> type:
+    """The class of `module` before FSDP2's `fully_shard` replaced it with a generated `FSDP<Name>` subclass."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2 shards nothing
+        return type(module)
+    return next(cls for cls in type(module).__mro__ if not issubclass(cls, FSDPModule))
+
+
 class StretchySnakePreTrainedModel(PreTrainedModel):
     config: StretchySnakeConfig
     config_class = StretchySnakeConfig
@@ -301,6 +315,15 @@ class StretchySnakePreTrainedModel(PreTrainedModel):
     _no_split_modules = ["StretchySnakeBlock"]
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        # FSDP2 gives a sharded model a generated class, FSDP<Name>, defined in torch: the saved code and auto_map
+        # must name the class it wraps, so that class is put back for the save (FSDP2 swaps classes the same way).
+        own_class = unsharded_class(self)
+        if own_class is not type(self):
+            sharded_class, self.__class__ = self.__class__, own_class
+            try:
+                return self.save_pretrained(save_directory, *args, **kwargs)
+            finally:
+                self.__class__ = sharded_class
         # A saved folder loads through every Auto class without the package (trust_remote_code): features through
         # AutoModel, the classifier through AutoModelForVideoClassification, whichever class was saved; a
         # classifier also names its pipeline class (this relative import makes transformers save that file too).

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer
 
 from .data import ClipView, FixedScaleBatchSampler, MultiScaleBatchSampler, VideoClipDataset, collate_clips
+from .distributed import use_fsdp_on_cpu
 from .scales import Scale, ScaleSampler
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,21 @@ class StretchySnakeTrainer(Trainer):
         self._last_scale: tuple[int, int, int] | None = None
         self._last_clips = 0
         self.nonfinite_loss_steps = 0
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if use_fsdp_on_cpu(self.accelerator):
+            self.is_fsdp_enabled = True
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Under FSDP with sharded state dicts, `Trainer.save_model` writes no weights (the checkpoints carry the
+        shards, for resuming): a save asked for outside a checkpoint gathers the full model instead, so the folder
+        loads with `from_pretrained` on any number of devices. Collective: every process calls it."""
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        if _internal_call or not self.is_fsdp_enabled or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+            return super().save_model(output_dir, _internal_call)
+        state_dict = self.accelerator.get_state_dict(self.model)  # the whole model, on the main process
+        self._save(output_dir, state_dict=state_dict)
 
     # ----- data -----
     def get_train_dataloader(self) -> DataLoader:

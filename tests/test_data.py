@@ -132,10 +132,14 @@ def test_multiscale_batches_share_a_scale_and_ranks_agree():
         MultiScaleBatchSampler(5, 3, sampler, num_replicas=2)
 
 
-def test_fixed_scale_sampler_covers_each_item_once():
+def test_fixed_scale_sampler_covers_every_item_with_equal_batches_per_rank():
     scale = Scale(4, 56, 4)
-    seen = [i for r in range(3) for b in FixedScaleBatchSampler(10, 2, scale, 3, r) for i, *_ in b]
-    assert sorted(seen) == list(range(10))
+    ranks = [list(FixedScaleBatchSampler(10, 2, scale, 3, r)) for r in range(3)]
+    assert [len(batches) for batches in ranks] == [2, 2, 2]  # 4 items each: under FSDP every forward is collective
+    seen = [i for batches in ranks for batch in batches for i, *_ in batch]
+    assert len(seen) == 12 and set(seen) == set(range(10))  # 10 items, 2 repeated to even the ranks out
+    assert [i for batch in ranks[2] for i, *_ in batch] == [2, 5, 8, 1]
+    assert [i for batch in FixedScaleBatchSampler(10, 4, scale) for i, *_ in batch] == list(range(10))  # 1 process
 
 
 def test_dataset_decodes_at_the_requested_scale(manifest):

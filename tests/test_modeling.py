@@ -49,7 +49,8 @@ def test_base_scale_embeddings_use_stored_parameters_unchanged(model):
     embeddings = model.stretchysnake.embeddings
     pixel_values = torch.randn(2, 4, 3, 32, 32)
     tokens = embeddings(pixel_values, patch_size=8)
-    conv = embeddings.patch_embeddings(pixel_values.transpose(1, 2))  # (B, D, T, 4, 4)
+    stored = embeddings.patch_embeddings  # the stored kernel, applied by torch's own conv
+    conv = F.conv3d(pixel_values.transpose(1, 2), stored.weight, stored.bias, stride=stored.stride)
     expected = conv.flatten(3).permute(0, 2, 3, 1)
     expected = expected + embeddings.position_embeddings[:, None, 1:] + embeddings.temporal_position_embeddings[:, :, None]
     torch.testing.assert_close(tokens[:, 1:], expected.flatten(1, 2))
