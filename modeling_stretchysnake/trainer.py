@@ -110,6 +110,9 @@ class StretchySnakeTrainer(Trainer):
         super().create_accelerator_and_postprocess()
         if use_fsdp_on_cpu(self.accelerator):
             self.is_fsdp_enabled = True
+            if self.accelerator.state.fsdp_plugin.activation_checkpointing and self.args.activation_checkpointing:
+                raise ValueError("FSDP's activation checkpointing (fsdp_activation_checkpointing in the Accelerate "
+                                 "config) and --activation_checkpointing both checkpoint every block: use one")
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Under FSDP with sharded state dicts, `Trainer.save_model` writes no weights (the checkpoints carry the

@@ -157,8 +157,11 @@ def load_manifest(args: StretchySnakeArguments, training_args: TrainingArguments
     from modeling_stretchysnake.synthetic_actions import load_or_generate
 
     counts = {args.train_split: args.generated_train_per_class, args.eval_split: args.generated_eval_per_class}
-    with training_args.main_process_first(desc="generated dataset"):  # rank 0 renders (once), the others then load
-        return load_or_generate(args.data_root, counts, seed=training_args.seed, task=args.generated_task)
+    # The first process renders, then each machine's first process (it finds the files on a shared filesystem, or
+    # renders its own copy on a machine-local one), then the rest load: no two processes write one folder.
+    with training_args.main_process_first(local=False, desc="generated dataset"):
+        with training_args.main_process_first(local=True, desc="generated dataset on this machine"):
+            return load_or_generate(args.data_root, counts, seed=training_args.seed, task=args.generated_task)
 
 
 def build_model(args: StretchySnakeArguments, label_names: list[str],
