@@ -1,7 +1,7 @@
 """Pick the scale to run a model at for a compute budget: the most accurate (frames, resolution) whose cost fits.
 
 Accuracy per scale comes from the model's evaluated grid, `scale_accuracy.json` next to its weights (written by
-recipes/train.py and recipes/evaluate.py). Cost is forward milliseconds at batch 1 measured on this machine on
+recipes/train.py and recipes/evaluate_model.py). Cost is forward milliseconds at batch 1 measured on this machine on
 first use (cached per architecture, device, thread count and torch version; the fastest of 7 interleaved runs, and
 cached times that contradict the token counts are measured again), or forward GFLOPs counted.
 
@@ -55,7 +55,7 @@ def load_scale_accuracy(folder: str | Path) -> dict[Scale, float]:
     path = Path(folder) / SCALE_ACCURACY_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: evaluate the model over a grid of scales first "
-                                f"(python recipes/evaluate.py --model {folder} --manifest ...), which writes it")
+                                f"(python recipes/evaluate_model.py --model {folder} --manifest ...), which writes it")
     return {Scale(r["frames"], r["resolution"], r["patch_size"]): float(r["top1"]) for r in json.loads(path.read_text())}
 
 

@@ -31,8 +31,11 @@ def format_table(results: Mapping[Scale, Mapping[str, float]], metric: str = "to
 
 
 def write_results(results: Mapping[Scale, Mapping[str, float]], output_dir: str | Path, name: str = "scale_grid",
-                  metric: str = "top1", title: str | None = None) -> dict[str, Path]:
-    """Write <name>.csv, <name>.json and <name>.png (heatmap of `metric`) under output_dir."""
+                  metric: str = "top1", title: str | None = None,
+                  grid_metrics: Mapping[str, float] | None = None) -> dict[str, Path]:
+    """Write <name>.csv, <name>.json and <name>.png (heatmap of `metric`) under output_dir; with `grid_metrics`
+    (the `video_accuracy` module's flat result) also <name>_evaluate.json through `evaluate.save`, which adds the
+    versions, time and git commit of the run."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"frames": s.frames, "resolution": s.resolution, "patch_size": s.patch_size, **values}
@@ -46,7 +49,12 @@ def write_results(results: Mapping[Scale, Mapping[str, float]], output_dir: str 
     json_path.write_text(json.dumps(rows, indent=2))
     png_path = output_dir / f"{name}.png"
     plot_heatmap(results, png_path, metric, title)
-    return {"csv": csv_path, "json": json_path, "png": png_path}
+    paths = {"csv": csv_path, "json": json_path, "png": png_path}
+    if grid_metrics is not None:
+        import evaluate
+
+        paths["evaluate"] = evaluate.save(output_dir / f"{name}_evaluate.json", **grid_metrics)
+    return paths
 
 
 def _draw_heatmap(axis, results: Mapping[Scale, Mapping[str, float]], metric: str, title: str):

@@ -2,7 +2,8 @@
 
 Each step's batch comes from `MultiScaleBatchSampler`: every rank draws the same scale for the same step, decodes
 its own share of the clips at that scale, and the model resizes its weights to it on the fly. Evaluation runs the
-model over a grid of scales (single or multi-view) and reports top-1, top-5 and mean class accuracy per scale.
+model over a grid of scales (single or multi-view) and reports top-1, top-5 and mean class accuracy per scale through
+the package's `video_accuracy` evaluate module (`modeling_stretchysnake.metrics`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from transformers import Trainer
 
 from .data import ClipView, FixedScaleBatchSampler, MultiScaleBatchSampler, VideoClipDataset, collate_clips
 from .distributed import use_fsdp_on_cpu
+from .metrics import load_video_accuracy
 from .scales import Scale, ScaleSampler
 
 logger = logging.getLogger(__name__)
@@ -33,16 +35,6 @@ class _MultiScaleDataLoader(DataLoader):
 
     def set_epoch(self, epoch: int) -> None:
         self.batch_sampler.set_epoch(epoch)
-
-
-def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
-    """top-1, top-5 (or top-k for fewer classes) and mean per-class accuracy, in percent."""
-    k = min(5, num_labels)
-    ranked = np.argsort(-logits, axis=1)
-    top1 = ranked[:, 0] == labels
-    topk = (ranked[:, :k] == labels[:, None]).any(1)
-    per_class = [top1[labels == c].mean() for c in range(num_labels) if (labels == c).any()]
-    return {"top1": 100 * top1.mean(), f"top{k}": 100 * topk.mean(), "mean_class_acc": 100 * float(np.mean(per_class))}
 
 
 def mix_batch(pixel_values: torch.Tensor, targets: torch.Tensor, mixup_alpha: float, cutmix_alpha: float,
@@ -215,8 +207,10 @@ class StretchySnakeTrainer(Trainer):
 
     # ----- evaluation -----
     @torch.no_grad()
-    def predict_scale(self, dataset: VideoClipDataset, scale: Scale) -> tuple[np.ndarray, np.ndarray]:
-        """Logits (averaged over the evaluation views as probabilities) and labels of every item at one scale."""
+    def predict_scale(self, dataset: VideoClipDataset, scale: Scale) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Class probabilities (averaged over the evaluation views), labels and manifest indices of every video at
+        one scale, gathered from all processes. Views are averaged as they come, so memory holds one row per
+        video whatever the number of views."""
         from accelerate.utils import gather_object
 
         model = self.accelerator.unwrap_model(self.model)
@@ -244,10 +238,10 @@ class StretchySnakeTrainer(Trainer):
                         scores[index] = scores.get(index, 0) + row / (clips * crops)
                         labels[index] = label
         gathered = gather_object([(i, scores[i].numpy(), labels[i]) for i in scores])
-        merged = {i: (s, l) for i, s, l in gathered}
+        merged = {i: (s, l) for i, s, l in gathered}  # a video two ranks both scored (even shares) counts once
         order = sorted(merged)
         model.train(was_training)
-        return np.stack([merged[i][0] for i in order]), np.array([merged[i][1] for i in order])
+        return np.stack([merged[i][0] for i in order]), np.array([merged[i][1] for i in order]), np.array(order)
 
     def unreadable_videos(self, *datasets: VideoClipDataset) -> list[str]:
         """The distinct files any process failed to decode in `datasets` (collective: every process calls it)."""
@@ -258,28 +252,34 @@ class StretchySnakeTrainer(Trainer):
 
     def evaluate_scales(self, dataset: VideoClipDataset | None = None,
                         scales: Sequence[Scale] | None = None) -> dict[Scale, dict[str, float]]:
+        """top-1, top-5, mean class accuracy and the number of videos at each of `scales` (default: `eval_scales`).
+
+        Computed by the package's `video_accuracy` evaluate module ("scale_grid"); its flat result (`top1@FxR`, ...,
+        `top1_grid_mean`, ...) is kept as `last_grid_metrics`, the per-scale view as `last_scale_results`.
+        Collective: every process calls it."""
         dataset = dataset if dataset is not None else self.eval_dataset
         scales = list(scales or self.eval_scales)
-        num_labels = self.model.config.num_labels
-        results = {}
+        names = {scale: f"{scale.frames}x{scale.resolution}" for scale in scales}
+        if len(set(names.values())) < len(scales):  # the grid varies the patch size alone somewhere
+            names = {scale: str(scale) for scale in scales}
+        metric = load_video_accuracy("scale_grid")
         for scale in tqdm(scales, desc="eval scales", disable=not self.is_world_process_zero()):
-            logits, labels = self.predict_scale(dataset, scale)
-            results[scale] = classification_metrics(np.log(logits + 1e-12), labels, num_labels)
-        return results
+            probabilities, labels, video_ids = self.predict_scale(dataset, scale)
+            metric.add_batch(predictions=probabilities, references=labels, video_ids=video_ids,
+                             scales=[names[scale]] * len(labels))
+        self.last_grid_metrics = metric.compute()
+        self.last_scale_results = {scale: {key.split("@")[0]: value for key, value in self.last_grid_metrics.items()
+                                           if key.endswith(f"@{name}")} for scale, name in names.items()}
+        return self.last_scale_results
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Accuracy over `eval_scales`; logs `eval_top1@FxR` per scale and the grid means."""
-        results = self.evaluate_scales(eval_dataset)
-        metrics = {}
-        for scale, values in results.items():
-            for name, value in values.items():
-                metrics[f"{metric_key_prefix}_{name}@{scale.frames}x{scale.resolution}"] = value
-        for name in next(iter(results.values()), {}):
-            metrics[f"{metric_key_prefix}_{name}_grid_mean"] = float(np.mean([v[name] for v in results.values()]))
+        """Accuracy over `eval_scales`; logs `eval_top1@FxR` per scale, the grid means and the skipped videos."""
+        self.evaluate_scales(eval_dataset)
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in self.last_grid_metrics.items()
+                   if not key.startswith("num_videos")}
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         metrics[f"{metric_key_prefix}_skipped_videos"] = float(len(self.unreadable_videos(dataset)))
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        self.last_scale_results = results
         return metrics
 

@@ -8,7 +8,7 @@
 The video is decoded at the requested frames x resolution (frames spread over the whole clip, shortest-side
 resize + centre crop) and classified in one forward pass. With --budget_ms (forward milliseconds at batch 1 on
 this machine, measured on first use and cached) or --budget_gflops, the scale is the most accurate one within
-the budget according to the model's evaluated grid (scale_accuracy.json, written by train.py and evaluate.py).
+the budget according to the model's evaluated grid (scale_accuracy.json, written by train.py and evaluate_model.py).
 """
 
 from __future__ import annotations

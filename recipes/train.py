@@ -278,10 +278,11 @@ def main(argv: list[str] | None = None) -> dict:
     unreadable = trainer.unreadable_videos(train_set, eval_set)  # collective: every process takes part
     if trainer.is_world_process_zero():
         results = trainer.last_scale_results
-        paths = write_results(results, output_dir, title=f"{args.variant}: top-1 (%)")
+        paths = write_results(results, output_dir, title=f"{args.variant}: top-1 (%)",
+                              grid_metrics=trainer.last_grid_metrics)
         plot_training_curves({name: run[0].state.log_history for name, run in runs.items()},
                              output_dir / "training_curve.png")
-        print(f"\nsaved model: {output_dir / 'final'}\nresults: {paths['csv']}, heatmap: {paths['png']}, "
+        print(f"\nsaved model: {output_dir / 'final'}\nresults: {paths['csv']} (evaluate: {paths['evaluate']}), heatmap: {paths['png']}, "
               f"loss curves: {output_dir / 'training_curve.png'}")
         print(f"unreadable videos skipped: {len(unreadable)} distinct file(s) over all processes"
               + (f": {unreadable}" if unreadable else ""))
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
             comparison = output_dir / "scale_grid_comparison.png"
             plot_heatmaps({name: grid_results for name, (_, grid_results) in runs.items()}, comparison)
             write_results(runs[f"fixed {fixed[0]}x{fixed[1]}"][1], output_dir / "fixed_scale",
-                          title=f"fixed {fixed[0]}x{fixed[1]}: top-1 (%)")
+                          title=f"fixed {fixed[0]}x{fixed[1]}: top-1 (%)",
+                          grid_metrics=runs[f"fixed {fixed[0]}x{fixed[1]}"][0].last_grid_metrics)
             print(f"\nfixed-scale model: {output_dir / 'fixed_scale' / 'final'}; both grids: {comparison}")
     return metrics
 

@@ -11,7 +11,7 @@ from modeling_stretchysnake.probes import linear_probe_accuracy, nearest_neighbo
 from modeling_stretchysnake.synthetic_actions import ACTIONS, generate_action_dataset
 
 sys.path.insert(0, str(ROOT / "recipes"))
-import evaluate as evaluate_recipe  # noqa: E402
+import evaluate_model as evaluate_recipe  # noqa: E402
 import predict as predict_recipe  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def test_pipeline_with_trust_remote_code_uses_the_saved_processor(saved):
 
 
 def test_compute_budget_picks_the_most_accurate_scale_that_fits(saved, tmp_path, monkeypatch, capsys):
-    """evaluate.py records the grid in the model folder and plots accuracy against cost; predict.py --budget_ms
+    """evaluate_model.py records the grid in the model folder and plots accuracy against cost; predict.py --budget_ms
     then runs at the most accurate recorded scale whose forward time, measured here on first use, fits."""
     from modeling_stretchysnake import compute_budget
     from modeling_stretchysnake.scales import Scale
@@ -153,7 +153,7 @@ def test_cached_costs_that_contradict_token_counts_are_measured_again(tmp_path, 
 @pytest.mark.parametrize("script,arguments,message", [
     ("predict.py", ["--model", "no/such_folder", "--video", "clip.mp4"], "no/such_folder"),
     ("train.py", ["--manifest", "no_such_manifest", "--max_steps", "1"], "no_such_manifest"),
-    ("evaluate.py", ["--model", "{model}", "--manifest", "no_such_manifest"], "no_such_manifest"),
+    ("evaluate_model.py", ["--model", "{model}", "--manifest", "no_such_manifest"], "no_such_manifest"),
 ], ids=["predict-missing-model", "train-missing-manifest", "evaluate-missing-manifest"])
 def test_recipes_report_bad_input_in_one_line(saved, tmp_path, script, arguments, message):
     """Bad input is one `error:` line naming it and exit status 1; --debug gives the traceback."""

@@ -1,11 +1,15 @@
 """Evaluate any saved (or converted VideoMamba) model on a manifest over a frames x resolution grid.
 
-    python recipes/evaluate.py --model outputs/stretchysnake-embedded/final --manifest outputs/generated_actions/manifest
-    python recipes/evaluate.py --model M --manifest D --frames 8 16 32 64 --resolutions 96 128 224 384 --clips 2 --crops 3
-    python recipes/evaluate.py --model M --manifest D --probes          # also 1-NN retrieval and a linear probe
+    python recipes/evaluate_model.py --model outputs/stretchysnake-embedded/final \
+        --manifest outputs/generated_actions/manifest
+    python recipes/evaluate_model.py --model M --manifest D --frames 8 16 32 64 --resolutions 96 128 224 384 \
+        --clips 2 --crops 3
+    python recipes/evaluate_model.py --model M --manifest D --probes    # also 1-NN retrieval and a linear probe
 
-Prints a table of top-1 accuracy (rows: frames, columns: resolution), writes CSV/JSON and a heatmap PNG of top-1
-to --output_dir, and the accuracy against forward cost per scale (pareto.png: time measured on this machine, at
+(Not named evaluate.py: a script of that name in recipes/ would shadow the `evaluate` library for the recipes.)
+Prints a table of top-1 accuracy (rows: frames, columns: resolution), writes CSV/JSON, the `video_accuracy` evaluate
+module's results (scale_grid_evaluate.json, through `evaluate.save`) and a heatmap PNG of top-1 to --output_dir,
+and the accuracy against forward cost per scale (pareto.png: time measured on this machine, at
 batch 1). It also records the grid in the model folder (scale_accuracy.json; --no_save_to_model to leave the
 folder alone), where `predict.py --budget_ms` and `compute_budget.pick_scale` find it. Protocol: frames spread uniformly over each video (per temporal clip when --clips > 1),
 shortest-side resize to the resolution then --crops crops along the longer side; view probabilities averaged.
@@ -90,14 +94,15 @@ def main(argv=None):
                 results[scale].update(probe_scores(model, train_set, test_set, scale, model.config.num_labels,
                                                    args.batch_size, trainer.args.device))
     except VideoDecodeError as error:
-        raise SystemExit(f"evaluate.py: cannot evaluate {args.manifest} [{args.split}]: {error}") from None
+        raise SystemExit(f"evaluate_model.py: cannot evaluate {args.manifest} [{args.split}]: {error}") from None
     unreadable = trainer.unreadable_videos(test_set)
     if not trainer.is_world_process_zero():
         return results
-    paths = write_results(results, args.output_dir, title=f"{Path(args.model).name}: top-1 (%)")
+    paths = write_results(results, args.output_dir, title=f"{Path(args.model).name}: top-1 (%)",
+                          grid_metrics=trainer.last_grid_metrics)
     print(f"\n{len(test_set)} videos of {args.manifest} [{args.split}], {args.clips} clip(s) x {args.crops} crop(s); "
           f"unreadable videos skipped: {len(unreadable)} distinct file(s) (all processes)"
-          + (f": {unreadable}" if unreadable else "") + f"\nresults: {paths['csv']}, heatmap: {paths['png']}")
+          + (f": {unreadable}" if unreadable else "") + f"\nresults: {paths['csv']} (evaluate: {paths['evaluate']}), heatmap: {paths['png']}")
     for metric in ("top1", "mean_class_acc") + (("knn_top1", "linear_probe_top1") if args.probes else ()):
         print(f"\n{format_table(results, metric)}")
     if not args.no_save_to_model:
