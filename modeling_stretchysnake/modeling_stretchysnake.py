@@ -152,7 +152,8 @@ class StretchySnakePatchEmbeddings(nn.Conv3d):
 
     def forward(self, pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
         # pixel_values: (B, C, T, H, W) with H and W multiples of patch_size -> (B, D, T, H/p, W/p)
-        kernel = resize_patch_kernel(self.weight, (patch_size, patch_size), self.config.kernel_resize_mode)  # (D,C,1,p,p)
+        # the stored kernel (D, C, 1, P, P) resized to (D, C, 1, p, p)
+        kernel = resize_patch_kernel(self.weight, (patch_size, patch_size), self.config.kernel_resize_mode)
         return F.conv3d(pixel_values.to(kernel.dtype), kernel, self.bias, stride=(1, patch_size, patch_size))
 
 

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -8,6 +9,7 @@ import torch
 from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeForVideoClassification
 
 ROOT = Path(__file__).resolve().parents[1]
+PROBE = str(ROOT / "tests" / "multiprocess_probe.py")  # a few recorded training steps (multi-process tests)
 
 
 def run_script(command, cwd, timeout=600):
@@ -48,3 +50,18 @@ def config():
 def model(config):
     torch.manual_seed(0)
     return StretchySnakeForVideoClassification(config).eval()
+
+
+@pytest.fixture(scope="module")
+def probe_manifest(tmp_path_factory):
+    """20 training clips (5 classes x 4) of 6 frames at 32 px for the multi-process probe runs."""
+    from modeling_stretchysnake.synthetic_actions import generate_action_dataset
+
+    root = tmp_path_factory.mktemp("probe_data")
+    generate_action_dataset(root, {"train": 4, "test": 1}, num_frames=6, size=32)
+    return root / "manifest"
+
+
+def probe_records(folder, ranks=(0, 1)):
+    """What each rank of a probe run recorded (tests/multiprocess_probe.py)."""
+    return [json.loads((Path(folder) / f"rank{rank}.json").read_text()) for rank in ranks]

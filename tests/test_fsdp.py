@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import PROBE, ROOT, probe_records, run_script
 from modeling_stretchysnake import StretchySnakeForVideoClassification
 from modeling_stretchysnake.synthetic_actions import generate_action_dataset
 
@@ -25,38 +25,26 @@ def fsdp_launch(mixed_precision="no"):
             "--num_processes", "2", "--mixed_precision", mixed_precision, "--main_process_port", "0"]
 
 
-PROBE = str(ROOT / "tests" / "multiprocess_probe.py")
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fsdp_data")
-    generate_action_dataset(root, {"train": 4, "test": 1}, num_frames=6, size=32)  # 20 training clips
-    return root / "manifest"
-
-
-def records(folder):
-    return [json.loads((folder / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-
-
-@pytest.fixture(scope="module")
-def fsdp_run(manifest, tmp_path_factory):
+def fsdp_run(probe_manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp_run")
-    run_script(fsdp_launch() + [PROBE, "--manifest", str(manifest), "--output_dir", str(out), "--max_steps", "4",
+    run_script(fsdp_launch() + [PROBE, "--manifest", str(probe_manifest), "--output_dir", str(out), "--max_steps", "4",
                                 "--save_steps", "2", "--final"], out, timeout=900)
     return out
 
 
 @pytest.fixture(scope="module")
-def one_process_run(manifest, tmp_path_factory):
+def one_process_run(probe_manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp_reference")
-    run_script([sys.executable, PROBE, "--manifest", str(manifest), "--output_dir", str(out), "--max_steps", "4",
+    run_script([sys.executable, PROBE, "--manifest", str(probe_manifest), "--output_dir", str(out), "--max_steps", "4",
                 "--global_batch", "2"], out, timeout=600)
     return out
 
 
 def test_each_rank_holds_half_of_every_block_parameter(fsdp_run):
-    rank0, rank1 = records(fsdp_run)
+    rank0, rank1 = probe_records(fsdp_run)
     assert rank0["distributed_type"] == rank1["distributed_type"] == "FSDP"
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["shards"].keys() == rank1["shards"].keys() and len(rank0["shards"]) >= 10
@@ -69,8 +57,8 @@ def test_each_rank_holds_half_of_every_block_parameter(fsdp_run):
 
 
 def test_loss_matches_one_process_on_the_same_global_batch(fsdp_run, one_process_run):
-    rank0, rank1 = records(fsdp_run)
-    (alone,) = [json.loads((one_process_run / "rank0.json").read_text())]
+    rank0, rank1 = probe_records(fsdp_run)
+    (alone,) = probe_records(one_process_run, [0])
     assert alone["world_size"] == 1 and alone["distributed_type"] == "NO"
     for step, (mine, theirs, together) in enumerate(zip(rank0["steps"], rank1["steps"], alone["steps"]), 1):
         assert together["indices"] == mine["indices"] + theirs["indices"]  # the same clips, at the same scale
@@ -84,15 +72,15 @@ def test_loss_matches_one_process_on_the_same_global_batch(fsdp_run, one_process
     assert not (fsdp_run / "rank1.pt").exists()  # the gathered state dict is whole on rank 0 only
 
 
-def test_checkpoints_are_sharded_and_resume_continues_the_same_losses(fsdp_run, manifest, tmp_path):
+def test_checkpoints_are_sharded_and_resume_continues_the_same_losses(fsdp_run, probe_manifest, tmp_path):
     checkpoint = fsdp_run / "checkpoint-2"
     model_shards = list((checkpoint / "pytorch_model_fsdp_0").glob("*.distcp"))
     optimizer_shards = list((checkpoint / "optimizer_0").glob("*.distcp"))
     assert len(model_shards) == len(optimizer_shards) == 2  # one file per rank
     assert not (checkpoint / "model.safetensors").exists() and not (checkpoint / "optimizer.pt").exists()
-    run_script(fsdp_launch() + [PROBE, "--manifest", str(manifest), "--output_dir", str(tmp_path), "--max_steps",
+    run_script(fsdp_launch() + [PROBE, "--manifest", str(probe_manifest), "--output_dir", str(tmp_path), "--max_steps",
                                 "4", "--resume_from_checkpoint", str(checkpoint)], tmp_path, timeout=900)
-    for resumed, original in zip(records(tmp_path), records(fsdp_run)):
+    for resumed, original in zip(probe_records(tmp_path), probe_records(fsdp_run)):
         assert [s["step"] for s in resumed["steps"]] == [3, 4]
         for mine, uninterrupted in zip(resumed["steps"], original["steps"][2:]):
             assert mine["indices"] == uninterrupted["indices"]

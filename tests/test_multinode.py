@@ -6,7 +6,6 @@ size 2 with one rank per node, disjoint shards of the data, the same scale at ev
 after training. The recipe runs end to end over two nodes through the Slurm example script.
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -15,10 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
-from modeling_stretchysnake.synthetic_actions import generate_action_dataset
-
-PROBE = str(ROOT / "tests" / "multiprocess_probe.py")
+from conftest import PROBE, ROOT, probe_records
 
 
 def free_port() -> int:
@@ -53,12 +49,11 @@ def launch_two_machines(script_and_args, output_flag_for, cwd, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def two_machine_run(tmp_path_factory):
+def two_machine_run(probe_manifest, tmp_path_factory):
     root = tmp_path_factory.mktemp("multinode")
-    generate_action_dataset(root / "data", {"train": 4, "test": 1}, num_frames=6, size=32)  # 20 training clips
-    launch_two_machines([PROBE, "--manifest", str(root / "data" / "manifest"), "--max_steps", "4"],
+    launch_two_machines([PROBE, "--manifest", str(probe_manifest), "--max_steps", "4"],
                         lambda rank: ["--output_dir", str(root / f"machine{rank}")], root)
-    return [json.loads((root / f"machine{rank}" / f"rank{rank}.json").read_text()) for rank in (0, 1)], root
+    return [probe_records(root / f"machine{rank}", [rank])[0] for rank in (0, 1)], root
 
 
 def test_two_machines_train_one_model_on_disjoint_shards(two_machine_run):

@@ -6,29 +6,16 @@ what rank 0's shard alone trains), a resume that continues the same scale sequen
 every rank; with token-budget batching, both ranks take the same number of clips at every step.
 """
 
-import json
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import PROBE, ROOT, probe_records, run_script
 from modeling_stretchysnake.synthetic_actions import generate_action_dataset
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
           str(ROOT / "recipes" / "configs" / "accelerate" / "cpu_2proc.yaml")]
-PROBE = str(ROOT / "tests" / "multiprocess_probe.py")
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mp_data")
-    generate_action_dataset(root, {"train": 4, "test": 1}, num_frames=6, size=32)  # 20 training clips
-    return root / "manifest"
-
-
-def records(folder):
-    return [json.loads((folder / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
 # Token-budget batching is on in these runs (the fixed-batch path is the recipe's, below): 128 tokens a step, so
@@ -37,9 +24,9 @@ TOKENS = ["--tokens_per_batch", "128"]
 
 
 @pytest.fixture(scope="module")
-def two_process_run(manifest, tmp_path_factory):
+def two_process_run(probe_manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("mp_run")
-    run_script(LAUNCH + [PROBE, "--manifest", str(manifest), "--output_dir", str(out), "--max_steps", "4",
+    run_script(LAUNCH + [PROBE, "--manifest", str(probe_manifest), "--output_dir", str(out), "--max_steps", "4",
                          "--save_steps", "2", *TOKENS], out, timeout=900)
     return out
 
@@ -48,7 +35,7 @@ def test_two_processes_train_disjoint_shards_at_one_scale_per_step(two_process_r
     from modeling_stretchysnake.data import clips_per_step
     from modeling_stretchysnake.scales import Scale
 
-    rank0, rank1 = records(two_process_run)
+    rank0, rank1 = probe_records(two_process_run)
     assert (rank0["world_size"], rank1["world_size"]) == (2, 2) and (rank0["rank"], rank1["rank"]) == (0, 1)
     assert [s["step"] for s in rank0["steps"]] == [s["step"] for s in rank1["steps"]] == [1, 2, 3, 4]
     for mine, theirs in zip(rank0["steps"], rank1["steps"]):
@@ -60,25 +47,25 @@ def test_two_processes_train_disjoint_shards_at_one_scale_per_step(two_process_r
     assert len({len(s["indices"]) for s in rank0["steps"]}) > 1  # and with it the clips per step
 
 
-def test_gradients_are_averaged_across_processes(two_process_run, manifest, tmp_path):
+def test_gradients_are_averaged_across_processes(two_process_run, probe_manifest, tmp_path):
     weights = [torch.load(two_process_run / f"rank{rank}.pt") for rank in (0, 1)]
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name  # each rank saw other clips, yet the weights agree
-    run_script([sys.executable, PROBE, "--manifest", str(manifest), "--output_dir", str(tmp_path), "--max_steps",
+    run_script([sys.executable, PROBE, "--manifest", str(probe_manifest), "--output_dir", str(tmp_path), "--max_steps",
                 "4", "--shard", "0/2", *TOKENS], tmp_path, timeout=600)
-    alone = json.loads((tmp_path / "rank0.json").read_text())
+    (alone,) = probe_records(tmp_path, [0])
     assert alone["world_size"] == 1
-    assert [s["indices"] for s in alone["steps"]] == [s["indices"] for s in records(two_process_run)[0]["steps"]]
+    assert [s["indices"] for s in alone["steps"]] == [s["indices"] for s in probe_records(two_process_run)[0]["steps"]]
     alone_weights = torch.load(tmp_path / "rank0.pt")
     largest = max((alone_weights[name] - value).abs().max().item() for name, value in weights[0].items())
     assert largest > 1e-4, "rank 0's weights ignore rank 1's gradients"
 
 
-def test_resume_continues_the_same_scale_sequence(two_process_run, manifest, tmp_path):
-    run_script(LAUNCH + [PROBE, "--manifest", str(manifest), "--output_dir", str(tmp_path), "--max_steps", "4",
+def test_resume_continues_the_same_scale_sequence(two_process_run, probe_manifest, tmp_path):
+    run_script(LAUNCH + [PROBE, "--manifest", str(probe_manifest), "--output_dir", str(tmp_path), "--max_steps", "4",
                          "--resume_from_checkpoint", str(two_process_run / "checkpoint-2"), *TOKENS], tmp_path,
                timeout=900)
-    for resumed, original in zip(records(tmp_path), records(two_process_run)):
+    for resumed, original in zip(probe_records(tmp_path), probe_records(two_process_run)):
         assert resumed["world_size"] == 2
         assert resumed["steps"] == original["steps"][2:]  # steps 3 and 4: same scales, same clips
     for rank in (0, 1):
