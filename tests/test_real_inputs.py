@@ -17,7 +17,7 @@ from modeling_stretchysnake.synthetic_actions import write_video
 
 sys.path.insert(0, str(ROOT / "recipes"))
 sys.path.insert(0, str(ROOT))
-import evaluate as evaluate_recipe  # noqa: E402
+import evaluate_model as evaluate_recipe  # noqa: E402
 import predict as predict_recipe  # noqa: E402
 from data_scripts import custom  # noqa: E402
 
