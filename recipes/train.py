@@ -282,8 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
                               grid_metrics=trainer.last_grid_metrics)
         plot_training_curves({name: run[0].state.log_history for name, run in runs.items()},
                              output_dir / "training_curve.png")
-        print(f"\nsaved model: {output_dir / 'final'}\nresults: {paths['csv']} (evaluate: {paths['evaluate']}), heatmap: {paths['png']}, "
-              f"loss curves: {output_dir / 'training_curve.png'}")
+        print(f"\nsaved model: {output_dir / 'final'}\nresults: {paths['csv']} (evaluate: {paths['evaluate']}), "
+              f"heatmap: {paths['png']}, loss curves: {output_dir / 'training_curve.png'}")
         print(f"unreadable videos skipped: {len(unreadable)} distinct file(s) over all processes"
               + (f": {unreadable}" if unreadable else ""))
         for name, (_, grid_results) in runs.items():
