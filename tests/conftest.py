@@ -12,10 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = str(ROOT / "tests" / "multiprocess_probe.py")  # a few recorded training steps (multi-process tests)
 
 
+def script_env(**extra) -> dict:
+    """The environment of a script the tests start: the repository on PYTHONPATH, one thread, `extra` on top."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **extra}
+
+
 def run_script(command, cwd, timeout=600):
-    """Run a recipe or bench script in a subprocess (repo on PYTHONPATH, one thread); assert it succeeded."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    """Run a recipe or bench script in a subprocess (script_env); assert it succeeded."""
+    result = subprocess.run(command, cwd=cwd, env=script_env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
     return result
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import PROBE, ROOT, probe_records
+from conftest import PROBE, ROOT, probe_records, script_env
 
 
 def free_port() -> int:
@@ -26,7 +26,7 @@ def free_port() -> int:
 def launch_two_machines(script_and_args, output_flag_for, cwd, timeout=600):
     """Start machine 0 and machine 1 (`output_flag_for(rank)` gives each its own flags); return both results."""
     port = str(free_port())
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = script_env()
     machines = []
     for rank in (0, 1):
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -96,10 +96,9 @@ def test_recipe_over_two_machines_through_the_slurm_script(tmp_path):
     (bin_dir / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "SLURM_TEST_LOGS": str(logs),
-           "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "1", "SLURM_JOB_NODELIST": "node[0-1]",
-           "MAIN_PORT": str(free_port())}
+    env = script_env(PATH=f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+                     SLURM_TEST_LOGS=str(logs), SLURM_NNODES="2", SLURM_GPUS_ON_NODE="1",
+                     SLURM_JOB_NODELIST="node[0-1]", MAIN_PORT=str(free_port()))
     flags = ["--data_root", str(tmp_path / "data"), "--generated_train_per_class", "2",
              "--generated_eval_per_class", "1", "--output_dir", str(tmp_path / "out"), "--max_steps", "2",
              "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2", "--train_frames", "2",
