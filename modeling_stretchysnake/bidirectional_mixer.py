@@ -61,7 +61,6 @@ def _conv_silu(x, conv_weight, conv_bias):
     """x (batch, d_inner, L), any strides -> (xc_forward, xc_backward), each (batch, d_inner, L) contiguous."""
     if _uses_numba(x):
         kernels = numba_kernels()
-        kernels.set_threads(torch.get_num_threads())
         out = torch.empty(2, *x.shape, dtype=x.dtype)
         kernels.conv_silu_forward(x.numpy(), conv_weight[0].numpy(), conv_bias[0].numpy(), conv_weight[1].numpy(),
                                   conv_bias[1].numpy(), out[0].numpy(), out[1].numpy())

@@ -33,10 +33,10 @@ def gradient_groups(batch: int, d_inner: int) -> int:
 @functools.cache
 def numba_kernels():
     """The numba kernels (compiled on first call, not here); raises ImportError without numba."""
-    from .selective_scan_numba import conv_silu_backward, conv_silu_forward, scan_backward, scan_forward, set_threads
+    from .selective_scan_numba import conv_silu_backward, conv_silu_forward, scan_backward, scan_forward
 
     return SimpleNamespace(scan_forward=scan_forward, scan_backward=scan_backward, conv_silu_forward=conv_silu_forward,
-                           conv_silu_backward=conv_silu_backward, set_threads=set_threads)
+                           conv_silu_backward=conv_silu_backward)
 
 
 @functools.cache
@@ -123,7 +123,6 @@ if not _defined(_FORWARD):
                                                 checkpoints)
             return out.to(u.dtype), checkpoints
         kernels = numba_kernels()
-        kernels.set_threads(torch.get_num_threads())
         cast = [_numpy(x.to(state_dtype)) for x in (u, delta, A.contiguous(), B_rows, C_rows)]
         optional = [_numpy_or_empty(x, checkpoints, dims) for x, dims in ((D, 1), (z, 3), (delta_bias, 1))]
         out = u.new_empty(batch, d_inner, length, dtype=state_dtype)
@@ -165,7 +164,6 @@ if not _defined(_BACKWARD):
                                                    checkpoints, delta_softplus)
         else:
             kernels = numba_kernels()
-            kernels.set_threads(torch.get_num_threads())
             dtype = checkpoints.dtype
             groups = gradient_groups(batch, d_inner)
             new = functools.partial(torch.empty, dtype=dtype)

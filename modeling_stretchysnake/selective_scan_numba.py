@@ -6,7 +6,7 @@ exact per-step recurrence, so any decay is handled without splitting or overflow
     dt_t = softplus(delta_t + delta_bias)        h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t
     y_t  = (<h_t, C_t> + D * u_t) * silu(z_t)
 
-Layout: one parallel task per (batch, channel) in forward; the loop over L keeps the N-value state in a small
+Layout: one task per (batch, channel) in forward; the loop over L keeps the N-value state in a small
 local array and is vectorised over N (polynomial ``exp`` / ``log1p`` that LLVM can vectorise: numba's
 ``math.exp`` is a scalar libm call, ~10x slower here). Softplus and the gate's sigmoid are computed in
 separate vectorisable passes over time. The state before every ``checkpoint_every``-th step is saved; backward
@@ -16,31 +16,46 @@ O(L * d_inner) rather than O(L * d_inner * N). Gradients of B and C are summed o
 
 The kernels are compiled when this module is first imported, for float32 and float64 (``cache=True``: once per
 machine, then loaded from numba's cache).
+
+Threads: each kernel is one sequential numba function over a range of independent tasks (``nogil``), and
+``_run_tasks`` spreads the tasks over ``torch.get_num_threads()`` Python threads. numba's own ``parallel=True``
+is not used: it compiles a prange body twice (once on its own, once linked into its caller and optimised again),
+and which copy runs depends on whether the kernel was just compiled or loaded from the cache. With the fast-math
+flags the two copies vectorise the sums differently, so a freshly compiled kernel and a cached one differed in the
+last bits (bench/RESULTS.md, "Determinism"). A sequential kernel has one compiled body, the one numba caches.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-if "numba" not in sys.modules:
-    # numba's OpenMP pool starts one thread per core, and its idle threads spin. Where a launcher gives each of N
-    # processes fewer threads (torchrun and accelerate set OMP_NUM_THREADS=1), a per-core pool in every process
-    # oversubscribes the cores: 2 processes on 2 cores trained 10x slower (bench/RESULTS.md). The pool is sized
-    # from torch's thread count when numba is first imported; NUMBA_NUM_THREADS set by the user wins.
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(max(1, torch.get_num_threads())))
-
 try:  # transformers' remote-code import check skips try blocks: numba stays optional for Hub users
-    import numba
-    from numba import njit, prange
-    from numba.core import types
+    import numba  # noqa: F401
+    from numba import njit
+    from numba.core import compiler, types
     from numba.extending import intrinsic, overload
 except ImportError as error:
     raise ImportError("the fused CPU selective scan needs numba (pip install numba)") from error
+
+
+
+class _NoAliasCompiler(compiler.Compiler):
+    """numba's pipeline with the array arguments marked ``noalias``, as numba marks a ``parallel=True`` loop body's
+    (the kernels never pass one array twice): without it LLVM must assume that every store may change any input and
+    leaves the backward scan's loop over N scalar (1.9x the time)."""
+
+    def __init__(self, typingctx, targetctx, library, args, return_type, flags, locals):
+        flags = flags.copy()
+        flags.noalias = True
+        super().__init__(typingctx, targetctx, library, args, return_type, flags, locals)
+
 
 _FAST = {"reassoc", "contract", "nsz", "arcp"}  # reassociation lets LLVM vectorise the sums over N
 _EXACT_ORDER = {"contract"}  # the polynomials' range reductions rely on their operation order
@@ -125,17 +140,17 @@ def _log1p_vectorisable_overload(x):
     return log1p_other
 
 
-@njit(inline="always", cache=True, fastmath=_FAST)
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
 def _sigmoid(x, one):
     return one / (one + exp_vectorisable(-x))
 
 
-@njit(inline="always", cache=True, fastmath=_FAST)
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
 def _softplus(x, zero):
     return max(x, zero) + log1p_vectorisable(exp_vectorisable(-abs(x)))
 
 
-@njit(inline="always", cache=True, fastmath=_FAST)
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
 def _time_steps(delta_row, bias, softplus, zero, out):
     """out[i] = softplus(delta_row[i] + bias) (or without softplus). The strided row is gathered first, so the
     softplus pass runs over a contiguous buffer and vectorises."""
@@ -154,20 +169,21 @@ def _signatures(kind):
     signatures = []
     for t in (types.float32, types.float64):
         seq, c1, c2, c3, c4, flag = t[:, :, :], t[::1], t[:, ::1], t[:, :, ::1], t[:, :, :, ::1], types.boolean
+        tasks = (types.int64, types.int64)  # the range of tasks this call computes
         if kind == "forward":
-            signatures.append(types.void(seq, seq, c2, c3, c3, c1, seq, c1, flag, flag, flag, flag, flag, flag,
-                                         seq, c4))
+            signatures.append(types.void(*tasks, seq, seq, c2, c3, c3, c1, seq, c1, flag, flag, flag, flag, flag,
+                                         flag, seq, c4))
         elif kind == "backward":
-            signatures.append(types.void(seq, seq, seq, c2, c3, c3, c1, seq, c1, c4, flag, flag, flag, flag, flag,
-                                         flag, seq, seq, seq, c3, c2, c2, c4, c4, seq))
+            signatures.append(types.void(*tasks, seq, seq, seq, c2, c3, c3, c1, seq, c1, c4, flag, flag, flag, flag,
+                                         flag, flag, seq, seq, seq, c3, c2, c2, c4, c4, seq))
         elif kind == "conv":  # depthwise conv + SiLU, both directions
-            signatures.append(types.void(seq, c2, c1, c2, c1, c3, c3))
+            signatures.append(types.void(*tasks, seq, c2, c1, c2, c1, c3, c3))
         else:  # its gradient
-            signatures.append(types.void(seq, c2, c1, c2, c1, seq, seq, seq, c3, c2, c3, c2))
+            signatures.append(types.void(*tasks, seq, c2, c1, c2, c1, seq, seq, seq, c3, c2, c3, c2))
     return signatures
 
 
-@njit(inline="always", cache=True, fastmath=_FAST)
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
 def _forward_steps(u, A, B, C, b, d, start, stop, reverse, skip, time_steps, state, ys, n_state):
     """Scan steps start..stop - 1 of channel d: advance state (N,) and write ys[t] = <h_t, C_t> + D u_t."""
     length = u.shape[2]
@@ -183,9 +199,10 @@ def _forward_steps(u, A, B, C, b, d, start, stop, reverse, skip, time_steps, sta
         ys[t] = y
 
 
-@njit(_signatures("forward"), parallel=True, cache=True, fastmath=_FAST)
-def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias, reverse, accumulate, out,
-                 checkpoints):
+@njit(_signatures("forward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
+      pipeline_class=_NoAliasCompiler)
+def _scan_forward_tasks(first_task, last_task, u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias,
+                        reverse, accumulate, out, checkpoints):
     """u, delta, z: (batch, d_inner, L), any strides; A: (d_inner, N); B, C: (batch, L, N); D, delta_bias:
     (d_inner,) or empty. Writes out (batch, d_inner, L, any strides), or adds to it with ``accumulate``, and checkpoints
     (batch, d_inner, chunks, N): the state before each chunk of checkpoint_every = ceil(L / chunks) steps. With
@@ -196,12 +213,13 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, ha
     checkpoint_every = -(-length // checkpoints.shape[2])
     zero = u.dtype.type(0.0)
     one = u.dtype.type(1.0)
-    for task in prange(batch * d_inner):
+    state = np.empty(n_state, dtype=u.dtype)  # buffers of one task, reused by the next
+    time_steps = np.empty(length, dtype=u.dtype)
+    ys = np.empty(length, dtype=u.dtype)
+    for task in range(first_task, last_task):  # of batch * d_inner
         b = task // d_inner
         d = task % d_inner
-        state = np.zeros(n_state, dtype=u.dtype)
-        time_steps = np.empty(length, dtype=u.dtype)
-        ys = np.empty(length, dtype=u.dtype)
+        state[:] = zero
         _time_steps(delta[b, d], delta_bias[d] if has_bias else zero, softplus, zero, time_steps)
         skip = D[d] if has_D else zero
         for chunk in range(checkpoints.shape[2]):
@@ -227,7 +245,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, ha
                 out[b, d, t] = ys[t]
 
 
-@njit(inline="always", cache=True, fastmath=_FAST)
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
 def _backward_chunk(grad_out, u, A, B, C, z, b, d, g, start, steps, reverse, has_z, has_y, skip, time_steps,
                     softplus_slopes, gate_sigmoids, states, decays, grad_state, grad_A, sums,
                     grad_u, grad_delta, grad_z, grad_B_parts, grad_C_parts, y_out, n_state):
@@ -284,9 +302,11 @@ def _backward_chunk(grad_out, u, A, B, C, z, b, d, g, start, steps, reverse, has
     sums[1] = grad_bias
 
 
-@njit(_signatures("backward"), parallel=True, cache=True, fastmath=_FAST)
-def scan_backward(
-    grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z, has_bias, reverse, has_y,
+@njit(_signatures("backward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
+      pipeline_class=_NoAliasCompiler)
+def _scan_backward_tasks(
+    first_task, last_task, grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z,
+    has_bias, reverse, has_y,
     grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts, y_out,
 ):
     """Reverse scan. Inputs as in ``scan_forward`` plus grad_out (batch, d_inner, L). Writes grad_u,
@@ -303,17 +323,18 @@ def scan_backward(
     per_group = (d_inner + groups - 1) // groups
     zero = u.dtype.type(0.0)
     one = u.dtype.type(1.0)
-    for task in prange(batch * groups):
+    # buffers of one task, reused by the next
+    states = np.empty((checkpoint_every + 1, n_state), dtype=u.dtype)  # states[i + 1] = h after step i
+    decays = np.empty((checkpoint_every, n_state), dtype=u.dtype)
+    time_steps = np.empty(checkpoint_every, dtype=u.dtype)
+    softplus_slopes = np.empty(checkpoint_every, dtype=u.dtype)
+    gate_sigmoids = np.empty(checkpoint_every, dtype=u.dtype)
+    grad_state = np.empty(n_state, dtype=u.dtype)
+    grad_A = np.empty(n_state, dtype=u.dtype)
+    sums = np.empty(2, dtype=u.dtype)  # grad_D, grad_bias of the channel
+    for task in range(first_task, last_task):  # of batch * groups
         b = task // groups
         g = task % groups
-        states = np.empty((checkpoint_every + 1, n_state), dtype=u.dtype)  # states[i + 1] = h after step i
-        decays = np.empty((checkpoint_every, n_state), dtype=u.dtype)
-        time_steps = np.empty(checkpoint_every, dtype=u.dtype)
-        softplus_slopes = np.empty(checkpoint_every, dtype=u.dtype)
-        gate_sigmoids = np.empty(checkpoint_every, dtype=u.dtype)
-        grad_state = np.empty(n_state, dtype=u.dtype)
-        grad_A = np.empty(n_state, dtype=u.dtype)
-        sums = np.empty(2, dtype=u.dtype)  # grad_D, grad_bias of the channel
         for t in range(length):  # zeroed here, by the thread that fills them, not by a separate pass
             for n in range(n_state):
                 grad_B_parts[b, g, t, n] = zero
@@ -359,7 +380,7 @@ def scan_backward(
             grad_bias_parts[b, d] = sums[1]
 
 
-@njit(inline="always", cache=True, fastmath=_FAST)
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
 def _conv_both(padded, weight, bias, weight_b, bias_b, d, length, forward_out, backward_out, width):
     """The pre-activations of both directions' convs of one channel: padded holds x at offset K - 1 with K - 1
     zeros on each side; forward_out[t] (causal) and backward_out[t] (anti-causal) for t < length. Called with a
@@ -374,7 +395,7 @@ def _conv_both(padded, weight, bias, weight_b, bias_b, d, length, forward_out, b
         backward_out[t] = backward
 
 
-@njit(inline="always", cache=True, fastmath=_FAST)
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
 def _conv_transposed(grad_pre, grad_pre_b, weight, weight_b, d, length, out, width):
     """out[t] = d(loss)/d(x[t]) from the pre-activation gradients (laid out as in ``conv_silu_backward``): x[t]
     fed the causal conv's position t + K - 1 - k and the anti-causal one's t - K + 1 + k, with tap k."""
@@ -385,8 +406,9 @@ def _conv_transposed(grad_pre, grad_pre_b, weight, weight_b, d, length, out, wid
         out[t] = total
 
 
-@njit(_signatures("conv"), parallel=True, cache=True, fastmath=_FAST)
-def conv_silu_forward(x, weight, bias, weight_b, bias_b, out, out_b):
+@njit(_signatures("conv"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
+      pipeline_class=_NoAliasCompiler)
+def _conv_silu_forward_tasks(first_task, last_task, x, weight, bias, weight_b, bias_b, out, out_b):
     """Both directions' depthwise conv + SiLU in one pass over x (batch, d_inner, L), any strides: out is the causal
     conv (out[t] reads x[t - K + 1 .. t]), out_b the anti-causal one (out_b[t] reads x[t + K - 1 .. t], weight
     index k on x[t + K - 1 - k]: the causal conv of the flipped sequence, flipped back). weight, weight_b
@@ -394,10 +416,10 @@ def conv_silu_forward(x, weight, bias, weight_b, bias_b, out, out_b):
     batch, d_inner, length = x.shape
     width = weight.shape[1]
     one = x.dtype.type(1.0)
-    for task in prange(batch * d_inner):
+    padded = np.zeros(length + 2 * (width - 1), dtype=x.dtype)  # x with K - 1 zeros on each side (the ends stay 0)
+    for task in range(first_task, last_task):  # of batch * d_inner
         b = task // d_inner
         d = task % d_inner
-        padded = np.zeros(length + 2 * (width - 1), dtype=x.dtype)  # x with K - 1 zeros on each side
         for t in range(length):
             padded[t + width - 1] = x[b, d, t]
         if width == 4:
@@ -409,9 +431,10 @@ def conv_silu_forward(x, weight, bias, weight_b, bias_b, out, out_b):
             out_b[b, d, t] *= _sigmoid(out_b[b, d, t], one)
 
 
-@njit(_signatures("conv_backward"), parallel=True, cache=True, fastmath=_FAST)
-def conv_silu_backward(x, weight, bias, weight_b, bias_b, grad_out, grad_out_b, grad_x, grad_weight_parts,
-                       grad_bias_parts, grad_weight_b_parts, grad_bias_b_parts):
+@njit(_signatures("conv_backward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
+      pipeline_class=_NoAliasCompiler)
+def _conv_silu_backward_tasks(first_task, last_task, x, weight, bias, weight_b, bias_b, grad_out, grad_out_b, grad_x,
+                              grad_weight_parts, grad_bias_parts, grad_weight_b_parts, grad_bias_b_parts):
     """Gradient of ``conv_silu_forward`` given the gradients of out and out_b (batch, d_inner, L): writes grad_x
     (batch, d_inner, L, any strides; both directions summed) and per-batch partials of the weights' gradients
     (batch, d_inner, K) and the biases' (batch, d_inner). The pre-activations are recomputed, not saved."""
@@ -419,16 +442,17 @@ def conv_silu_backward(x, weight, bias, weight_b, bias_b, grad_out, grad_out_b, 
     width = weight.shape[1]
     zero = x.dtype.type(0.0)
     one = x.dtype.type(1.0)
-    for task in prange(batch * d_inner):
+    # buffers of one task, reused by the next: each task rewrites positions K - 1 .. K - 2 + L, the zeros around stay
+    span = length + 2 * (width - 1)
+    padded = np.zeros(span, dtype=x.dtype)
+    # gradients of the pre-activations, position t at t + K - 1 with zeros around (for the transposed conv)
+    grad_pre = np.zeros(span, dtype=x.dtype)
+    grad_pre_b = np.zeros(span, dtype=x.dtype)
+    pre = np.empty(length, dtype=x.dtype)
+    pre_b = np.empty(length, dtype=x.dtype)
+    for task in range(first_task, last_task):  # of batch * d_inner
         b = task // d_inner
         d = task % d_inner
-        span = length + 2 * (width - 1)
-        padded = np.zeros(span, dtype=x.dtype)
-        # gradients of the pre-activations, position t at t + K - 1 with zeros around (for the transposed conv)
-        grad_pre = np.zeros(span, dtype=x.dtype)
-        grad_pre_b = np.zeros(span, dtype=x.dtype)
-        pre = np.empty(length, dtype=x.dtype)
-        pre_b = np.empty(length, dtype=x.dtype)
         for t in range(length):
             padded[t + width - 1] = x[b, d, t]
         if width == 4:
@@ -466,6 +490,62 @@ def conv_silu_backward(x, weight, bias, weight_b, bias_b, grad_out, grad_out_b, 
             grad_x[b, d, t] = pre[t]
 
 
-def set_threads(count: int) -> None:
-    """Use ``count`` numba threads (capped by numba's pool size)."""
-    numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
+# ----- running a kernel's tasks on torch's thread count -----
+
+_CHUNKS_PER_THREAD = 4  # a thread slowed by other work on its core leaves its chunks to the others
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """This process's helper threads (a process forked from one that had a pool starts a new one)."""
+    with _pools_lock:
+        pool = _pools.get(os.getpid())
+        if pool is None or pool._max_workers < workers:
+            pool = _pools[os.getpid()] = ThreadPoolExecutor(workers, thread_name_prefix="stretchysnake-numba")
+        return pool
+
+
+def _run_tasks(kernel, tasks: int, args: tuple) -> None:
+    """kernel(first, last, *args) over tasks 0..tasks - 1 on torch.get_num_threads() threads, the caller's among
+    them. Every task writes only its own outputs, so the split does not change the result."""
+    threads = max(1, min(torch.get_num_threads(), tasks))
+    if threads == 1:
+        kernel(0, tasks, *args)
+        return
+    chunks = min(tasks, threads * _CHUNKS_PER_THREAD)
+    bounds = [tasks * i // chunks for i in range(chunks + 1)]
+    next_chunk = itertools.count()  # next() on a count is atomic under the GIL
+
+    def work():
+        for chunk in next_chunk:
+            if chunk >= chunks:
+                return
+            kernel(bounds[chunk], bounds[chunk + 1], *args)
+
+    helpers = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+    work()
+    for helper in helpers:
+        helper.result()
+
+
+def _on_threads(kernel, task_count):
+    """``kernel`` without its task range: runs all ``task_count(*args)`` tasks of a call."""
+
+    def run(*args):
+        _run_tasks(kernel, task_count(*args), args)
+
+    run.__name__ = kernel.__name__.removeprefix("_").removesuffix("_tasks")
+    run.__doc__ = kernel.__doc__
+    return run
+
+
+def _batch_times_channels(x, *_):
+    return x.shape[0] * x.shape[1]
+
+
+scan_forward = _on_threads(_scan_forward_tasks, _batch_times_channels)
+# one task per (batch, channel group): grad_B_parts (batch, groups, L, N) is the 23rd argument
+scan_backward = _on_threads(_scan_backward_tasks, lambda *args: args[22].shape[0] * args[22].shape[1])
+conv_silu_forward = _on_threads(_conv_silu_forward_tasks, _batch_times_channels)
+conv_silu_backward = _on_threads(_conv_silu_backward_tasks, _batch_times_channels)

@@ -57,13 +57,6 @@ def test_learning_benchmark_compares_runs_on_the_same_clips(tmp_path):
     assert "ours_mean_pooling" in result.stdout.splitlines()[-2]
 
 
-def test_processes_benchmark_reports_both_pool_sizes(tmp_path):
-    result = run_script([sys.executable, str(ROOT / "bench" / "processes.py"), "--processes", "1", "--steps", "1"],
-                        tmp_path)
-    assert "pool follows torch (default)" in result.stdout and "one-per-core pool / torch-sized pool" in result.stdout
-    assert "numba pool [1]" in result.stdout  # OMP_NUM_THREADS=1: the default pool has one thread
-
-
 def test_token_budget_benchmark_runs_both_batchings(tmp_path):
     result = run_script([sys.executable, str(ROOT / "bench" / "token_budget.py"), "--runs", "fixed_batch",
                          "tokens_mean", "--seconds", "1", "--probe_steps", "2", "--train_per_class", "4",
