@@ -16,6 +16,7 @@ to tell apart, written as real video files) is rendered under `--data_root` and 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -280,10 +281,12 @@ def main(argv: list[str] | None = None) -> dict:
         results = trainer.last_scale_results
         paths = write_results(results, output_dir, title=f"{args.variant}: top-1 (%)",
                               grid_metrics=trainer.last_grid_metrics)
-        plot_training_curves({name: run[0].state.log_history for name, run in runs.items()},
-                             output_dir / "training_curve.png")
+        log_histories = {name: run[0].state.log_history for name, run in runs.items()}
+        (output_dir / "training_log.json").write_text(json.dumps(log_histories, indent=1))
+        plot_training_curves(log_histories, output_dir / "training_curve.png")
         print(f"\nsaved model: {output_dir / 'final'}\nresults: {paths['csv']} (evaluate: {paths['evaluate']}), "
-              f"heatmap: {paths['png']}, loss curves: {output_dir / 'training_curve.png'}")
+              f"heatmap: {paths['png']}, loss curves: {output_dir / 'training_curve.png'} "
+              f"(logged values: {output_dir / 'training_log.json'})")
         print(f"unreadable videos skipped: {len(unreadable)} distinct file(s) over all processes"
               + (f": {unreadable}" if unreadable else ""))
         for name, (_, grid_results) in runs.items():
