@@ -17,10 +17,19 @@ def script_env(**extra) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **extra}
 
 
+def fail_with_output(what: str, returncode: int, **outputs: str):
+    """Fail the test with the whole output of a failed subprocess (every rank's, for a launcher): pytest shows a
+    pytest.fail message in full, where it cuts a long assertion message."""
+    sections = "".join(f"\n----- {name} -----\n{text}" for name, text in outputs.items())
+    pytest.fail(f"{what} exited with {returncode}{sections}", pytrace=False)
+
+
 def run_script(command, cwd, timeout=600):
-    """Run a recipe or bench script in a subprocess (script_env); assert it succeeded."""
+    """Run a recipe or bench script in a subprocess (script_env); fail with its whole output unless it succeeded."""
     result = subprocess.run(command, cwd=cwd, env=script_env(), capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    if result.returncode != 0:
+        fail_with_output(" ".join(map(str, command[:6])) + " ...", result.returncode, stdout=result.stdout,
+                         stderr=result.stderr)
     return result
 
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import PROBE, ROOT, probe_records, script_env
+from conftest import PROBE, ROOT, fail_with_output, probe_records, script_env
 
 
 def free_port() -> int:
@@ -44,7 +44,10 @@ def launch_two_machines(script_and_args, output_flag_for, cwd, timeout=600):
         for machine in machines:
             machine.kill()
     for rank, (code, stdout, stderr) in enumerate(results):
-        assert code == 0, (f"machine {rank}", stdout[-3000:], stderr[-5000:])
+        if code != 0:
+            outputs = {f"machine {r} {kind}": text for r, (_, out, err) in enumerate(results)
+                       for kind, text in (("stdout", out), ("stderr", err))}
+            fail_with_output(f"machine {rank}'s launcher", code, **outputs)
     return results
 
 
@@ -107,7 +110,9 @@ def test_recipe_over_two_machines_through_the_slurm_script(tmp_path):
     result = subprocess.run(["bash", str(ROOT / "recipes" / "slurm" / "train_multinode.sbatch"), *flags], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=600)
     out0, err0, out1, err1 = ((logs / f"node{n}.{kind}").read_text() for n in (0, 1) for kind in ("out", "err"))
-    assert result.returncode == 0, (result.stderr[-2000:], out0[-2000:], err0[-3000:], err1[-3000:])
+    if result.returncode != 0:
+        fail_with_output("the Slurm script", result.returncode, stdout=result.stdout, stderr=result.stderr,
+                         node0_stdout=out0, node0_stderr=err0, node1_stdout=out1, node1_stderr=err1)
     assert "process rank 0 of world size 2 (local rank 0, node rank 0)" in out0 + err0
     assert "process rank 1 of world size 2 (local rank 0, node rank 1)" in out1 + err1
     assert "top-1 accuracy (%) over frames x resolution" in out0
