@@ -31,16 +31,29 @@ class VideoDecodeError(RuntimeError):
 
 
 def sample_frame_indices(total_frames: int, num_frames: int, start: int = 0, end: int | None = None,
-                         stride: int | None = None) -> np.ndarray:
-    """`num_frames` indices spread uniformly over [start, end) (np.linspace); short videos repeat frames.
+                         stride: int | None = None, clip: int = 0, num_clips: int = 1) -> np.ndarray:
+    """The frame indices of temporal view `clip` of `num_clips` over [start, end): the one rule for training,
+    evaluation, the processor and the pipeline.
 
-    With `stride` (transformers' `frame_sampling_rate`), frames `stride` apart from `start` instead, the last one
-    repeated where the segment ends first.
+    Uniform sampling (no `stride`): one view is `num_frames` indices spread over the segment with np.linspace (the
+    training sampler), `stride` = (end - 1 - start) / (num_frames - 1) apart. Several views keep that stride and
+    interleave: each training frame is the centre of a cell one stride wide, and view k of K takes offset
+    (k + 1) / (K + 1) inside every cell (VideoMamba's sparse test sampling, on the training sampler's cells), so
+    view k is the training frames shifted by stride x ((k + 1) / (K + 1) - 1/2); cells that reach past the segment
+    take its first or last frame. A single frame's views spread over the segment.
+
+    With `stride` (transformers' `frame_sampling_rate`): a window of frames `stride` apart; one view starts at the
+    segment start, several are spaced evenly from its start to its end (VideoMAE's dense test sampling). A window
+    longer than the segment repeats its last frame.
+
+    Short videos repeat frames.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if stride is not None and (isinstance(stride, bool) or int(stride) != stride or stride < 1):
         raise ValueError(f"frame_sampling_rate must be an integer >= 1, got {stride!r}")
+    if not 0 <= clip < num_clips:
+        raise ValueError(f"a temporal view is clip k of K with 0 <= k < K; got clip {clip} of {num_clips}")
     if end is not None and start is not None and end <= start:
         raise ValueError(f"the segment must end after it starts; got start={start}, end={end}")
     end = total_frames if end is None else min(int(end), total_frames)
@@ -49,14 +62,24 @@ def sample_frame_indices(total_frames: int, num_frames: int, start: int = 0, end
         raise VideoDecodeError("the video has no frames")
     if start >= end:
         raise VideoDecodeError(f"the segment [{start}, {end}) is past the end of a {total_frames}-frame video")
+    last = end - 1
     if stride is not None:
-        return np.minimum(start + np.arange(num_frames, dtype=np.int64) * int(stride), end - 1)
-    return np.linspace(start, end - 1, num_frames).round().astype(np.int64)
+        span = (num_frames - 1) * int(stride)
+        first = start + (round(max(0, last - start - span) * clip / (num_clips - 1)) if num_clips > 1 else 0)
+        return np.minimum(first + np.arange(num_frames, dtype=np.int64) * int(stride), last)
+    if num_frames == 1:
+        position = start + (last - start) * (clip / (num_clips - 1) if num_clips > 1 else 0.0)
+        return np.array([round(position)], dtype=np.int64)
+    spacing = (last - start) / (num_frames - 1)
+    shift = spacing * ((clip + 1) / (num_clips + 1) - 0.5)
+    positions = np.linspace(start, last, num_frames) + shift
+    return np.clip(np.round(positions), start, last).astype(np.int64)
 
 
 def segment_indices(times: np.ndarray, num_frames: int, start: float | None, end: float | None,
-                    time_unit: str, stride: int | None = None) -> np.ndarray:
-    """Sampled indices into a video's frames, given every frame's presentation time in seconds (sorted).
+                    time_unit: str, stride: int | None = None, clip: int = 0, num_clips: int = 1) -> np.ndarray:
+    """Sampled indices into a video's frames (temporal view `clip` of `num_clips`, `sample_frame_indices`), given
+    every frame's presentation time in seconds (sorted).
 
     Seconds ranges select the frames whose timestamps fall in [start, end), so variable-frame-rate files map
     seconds to the right frames; frame ranges index the frames directly.
@@ -70,9 +93,9 @@ def segment_indices(times: np.ndarray, num_frames: int, start: float | None, end
             duration = times[-1] if len(times) else 0.0
             raise VideoDecodeError(f"no frames in [{start or 0.0}, {end}) s of a video whose frames span "
                                    f"0-{duration:.2f} s")
-        return sample_frame_indices(len(times), num_frames, first, last, stride)
+        return sample_frame_indices(len(times), num_frames, first, last, stride, clip, num_clips)
     return sample_frame_indices(len(times), num_frames, None if start is None else int(start),
-                                None if end is None else int(end), stride)
+                                None if end is None else int(end), stride, clip, num_clips)
 
 
 def _output_size(width: int, height: int, resolution: int | None, resize: str) -> tuple[int, int]:
@@ -91,7 +114,7 @@ def import_decoder(name: str):
     return importlib.import_module(name)
 
 
-def _read_decord(path, num_frames, resolution, resize, start, end, time_unit, stride):
+def _read_decord(path, resolution, resize, time_unit, sample):
     decord = import_decoder("decord")
 
     native, size = None, None  # size: (width, height) to decode at, None for the native size
@@ -107,7 +130,7 @@ def _read_decord(path, num_frames, resolution, resize, start, end, time_unit, st
         times = times - times[0]
     else:
         times = np.arange(len(reader), dtype=np.float64)
-    indices = segment_indices(times, num_frames, start, end, time_unit, stride).tolist()
+    indices = sample(times).tolist()
     try:
         frames = reader.get_batch(indices).asnumpy()
     except decord.DECORDError:
@@ -132,7 +155,7 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 SEEK_GAP_SECONDS = 2.0
 
 
-def _read_pyav(path, num_frames, resolution, resize, start, end, time_unit, stride):
+def _read_pyav(path, resolution, resize, time_unit, sample):
     av = import_decoder("av")
 
     with av.open(str(path)) as container:
@@ -146,7 +169,7 @@ def _read_pyav(path, num_frames, resolution, resize, start, end, time_unit, stri
         if len(pts) == 0:
             raise VideoDecodeError(f"{path} has no video frames")
         time_base = float(stream.time_base)
-        indices = segment_indices((pts - pts[0]) * time_base, num_frames, start, end, time_unit, stride)
+        indices = sample((pts - pts[0]) * time_base)
         targets = sorted(set(pts[indices].tolist()))
         seek_gap = SEEK_GAP_SECONDS / time_base
         kept, frame, frames, size = {}, None, None, None
@@ -209,13 +232,16 @@ def read_video(
     time_unit: str = "frames",
     backend: str = "auto",
     frame_sampling_rate: int | None = None,
+    clip: int = 0,
+    num_clips: int = 1,
 ) -> np.ndarray:
     """Decode `num_frames` uniformly spaced RGB frames, (T, H, W, 3) uint8, already at the requested scale.
 
     resize: 'squash' decodes at resolution x resolution (flexible training); 'shortest' keeps the aspect ratio
     with the shorter side at `resolution` (evaluation, before a crop). start/end bound a segment, in frames or
-    seconds. `frame_sampling_rate` takes frames that many apart from the segment start instead of spreading them
-    over the segment. Raises VideoDecodeError for unreadable files.
+    seconds. `frame_sampling_rate` takes frames that many apart instead of spreading them over the segment.
+    `clip` of `num_clips` is the temporal view (`sample_frame_indices`). Raises VideoDecodeError for unreadable
+    files.
     """
     if backend not in DECODER_BACKENDS:
         raise ValueError(f"decoder backend must be one of {DECODER_BACKENDS}, got {backend!r}")
@@ -227,6 +253,9 @@ def read_video(
         raise ValueError(f"num_frames and resolution must be >= 1; got {num_frames} frames at {resolution} px")
     if start is not None and end is not None and end <= start:
         raise ValueError(f"the segment must end after it starts; got start={start}, end={end} ({time_unit})")
+    def sample(times: np.ndarray) -> np.ndarray:  # times: the frames' presentation times (seconds)
+        return segment_indices(times, num_frames, start, end, time_unit, frame_sampling_rate, clip, num_clips)
+
     readers = []
     if backend in ("auto", "decord") and _decord_available():
         readers.append(_read_decord)
@@ -242,7 +271,7 @@ def read_video(
     errors = []
     for reader in readers:
         try:
-            frames = reader(path, num_frames, resolution, resize, start, end, time_unit, frame_sampling_rate)
+            frames = reader(path, resolution, resize, time_unit, sample)
         except Exception as error:  # decoders raise many types for missing, empty or broken files
             errors.append(f"{reader.__name__[6:]}: {type(error).__name__}: {error}")
             continue
@@ -358,7 +387,8 @@ class FixedScaleBatchSampler(torch.utils.data.Sampler):
 
 @dataclass
 class ClipView:
-    """Which view of a video to take in multi-view evaluation: temporal clip i of n, spatial crop j of m."""
+    """Which view of a video to take in multi-view evaluation: temporal clip i of n (`sample_frame_indices`: the
+    training stride, interleaved), spatial crop j of m along the longer side."""
 
     clip: int = 0
     num_clips: int = 1
@@ -399,14 +429,14 @@ class VideoClipDataset(torch.utils.data.Dataset):
         return self.manifest[int(index)]
 
     def load(self, index: int, frames: int, resolution: int) -> torch.Tensor:
-        """Clip `view.clip` of `view.num_clips` equal temporal parts of the video (or its start/end segment)."""
+        """The view's clip of the video (or of its start/end segment): temporal view `view.clip` of
+        `view.num_clips` (`sample_frame_indices`), spatial crop `view.crop` of `view.num_crops`."""
         row = self.row(index)
         view = self.view
         clip = read_video(
-            row["video"], frames * view.num_clips, resolution, "squash" if self.training else "shortest",
-            row.get("start"), row.get("end"), row.get("time_unit") or "frames", self.decoder,
+            row["video"], frames, resolution, "squash" if self.training else "shortest", row.get("start"),
+            row.get("end"), row.get("time_unit") or "frames", self.decoder, clip=view.clip, num_clips=view.num_clips,
         )
-        clip = clip[view.clip * frames : (view.clip + 1) * frames]
         return self.processor.prepare_frames(
             clip, resolution, training=self.training, crop=view.crop, num_crops=view.num_crops
         )

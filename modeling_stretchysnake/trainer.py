@@ -208,40 +208,35 @@ class StretchySnakeTrainer(Trainer):
     # ----- evaluation -----
     @torch.no_grad()
     def predict_scale(self, dataset: VideoClipDataset, scale: Scale) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Class probabilities (averaged over the evaluation views), labels and manifest indices of every video at
-        one scale, gathered from all processes. Views are averaged as they come, so memory holds one row per
-        video whatever the number of views."""
+        """Class probabilities of every view (`eval_views`: temporal clips x spatial crops, `ClipView`) of every video
+        at one scale, with their labels and the manifest index of their video, gathered from all processes: one row
+        per (video, view). The `video_accuracy` module averages a video's views (the one place that does)."""
         from accelerate.utils import gather_object
 
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         clips, crops = self.eval_views
-        scores: dict[int, torch.Tensor] = {}
-        labels: dict[int, int] = {}
-        for clip in range(clips):
-            for crop in range(crops):
-                view_set = copy.copy(dataset)  # shallow: shares `failures`, so skips land in the dataset's count
-                view_set.view = ClipView(clip, clips, crop, crops)
-                sampler = FixedScaleBatchSampler(len(dataset), self.args.per_device_eval_batch_size, scale,
-                                                 self.accelerator.num_processes, self.accelerator.process_index)
-                loader = DataLoader(view_set, batch_sampler=sampler, collate_fn=collate_clips,
-                                    num_workers=self.args.dataloader_num_workers)
-                seen = set()  # an unreadable video is replaced by the next one: count each video once per view
-                for batch in loader:
-                    logits = model(pixel_values=batch["pixel_values"].to(self.args.device),
-                                   patch_size=batch["patch_size"]).logits.float().cpu()
-                    for index, label, row in zip(batch["index"], batch["labels"].tolist(), logits.softmax(-1)):
-                        if index in seen:
-                            continue
-                        seen.add(index)
-                        scores[index] = scores.get(index, 0) + row / (clips * crops)
-                        labels[index] = label
-        gathered = gather_object([(i, scores[i].numpy(), labels[i]) for i in scores])
-        merged = {i: (s, l) for i, s, l in gathered}  # a video two ranks both scored (even shares) counts once
+        rows: dict[tuple[int, int], tuple[np.ndarray, int]] = {}  # (video, view) -> (probabilities, label)
+        for view, (clip, crop) in enumerate((clip, crop) for clip in range(clips) for crop in range(crops)):
+            view_set = copy.copy(dataset)  # shallow: shares `failures`, so skips land in the dataset's count
+            view_set.view = ClipView(clip, clips, crop, crops)
+            sampler = FixedScaleBatchSampler(len(dataset), self.args.per_device_eval_batch_size, scale,
+                                             self.accelerator.num_processes, self.accelerator.process_index)
+            loader = DataLoader(view_set, batch_sampler=sampler, collate_fn=collate_clips,
+                                num_workers=self.args.dataloader_num_workers)
+            for batch in loader:
+                logits = model(pixel_values=batch["pixel_values"].to(self.args.device),
+                               patch_size=batch["patch_size"]).logits.float().cpu()
+                for index, label, row in zip(batch["index"], batch["labels"].tolist(), logits.softmax(-1).numpy()):
+                    # an unreadable video is replaced by the next one: each video counts once per view
+                    rows.setdefault((index, view), (row, label))
+        # a (video, view) that two ranks both scored (even shares) counts once
+        merged = dict(gather_object(list(rows.items())))
         order = sorted(merged)
         model.train(was_training)
-        return np.stack([merged[i][0] for i in order]), np.array([merged[i][1] for i in order]), np.array(order)
+        return (np.stack([merged[key][0] for key in order]), np.array([merged[key][1] for key in order]),
+                np.array([video for video, _ in order]))
 
     def unreadable_videos(self, *datasets: VideoClipDataset) -> list[str]:
         """The distinct files any process failed to decode in `datasets` (collective: every process calls it)."""
@@ -276,7 +271,7 @@ class StretchySnakeTrainer(Trainer):
         """Accuracy over `eval_scales`; logs `eval_top1@FxR` per scale, the grid means and the skipped videos."""
         self.evaluate_scales(eval_dataset)
         metrics = {f"{metric_key_prefix}_{key}": value for key, value in self.last_grid_metrics.items()
-                   if not key.startswith("num_videos")}
+                   if not key.startswith("num_")}
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         metrics[f"{metric_key_prefix}_skipped_videos"] = float(len(self.unreadable_videos(dataset)))
         self.log(metrics)

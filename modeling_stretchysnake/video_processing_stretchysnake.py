@@ -70,7 +70,10 @@ class StretchySnakeVideoProcessor(BaseVideoProcessor):
 
     def prepare_frames(self, frames, resolution: int, training: bool = False, crop: int = 0,
                        num_crops: int = 1) -> torch.Tensor:
-        """(T, H, W, C) frames -> normalised float (T, 3, R, R): squash (training) or resize + crop (eval)."""
+        """(T, H, W, C) frames -> normalised float (T, 3, R, R): squash (training) or resize + crop `crop` of
+        `num_crops` along the longer side (eval)."""
+        if not 0 <= crop < num_crops:
+            raise ValueError(f"a spatial view is crop k of K with 0 <= k < K; got crop {crop} of {num_crops}")
         video = _frames_to_tensor(frames)
         if video.is_floating_point():
             if video.numel() and video.max() > 1.0 + 1e-3:
@@ -102,29 +105,32 @@ class StretchySnakeVideoProcessor(BaseVideoProcessor):
         std = torch.tensor(self.image_std).view(1, 3, 1, 1)
         return ((video.clamp(0, 1) - mean) / std).contiguous()
 
-    def _load(self, video, frames: int, resolution: int, training: bool, start, end, time_unit, stride):
+    def _load(self, video, frames: int, resolution: int, training: bool, start, end, time_unit, stride, clip,
+              num_clips):
         if _is_path(video):
             return read_video(video, frames, resolution, "squash" if training else "shortest", start, end, time_unit,
-                              self.decoder, stride)
+                              self.decoder, stride, clip, num_clips)
         if time_unit == "seconds" and (start is not None or end is not None):
             raise ValueError("a seconds range needs a video file (an array has no frame rate); give an array's "
                              "segment in frames (time_unit='frames')")
         stacked = _frames_to_tensor(video)
         indices = sample_frame_indices(stacked.shape[0], frames, int(start or 0), None if end is None else int(end),
-                                       stride)
+                                       stride, clip, num_clips)
         return stacked[torch.as_tensor(indices)]
 
     def preprocess(self, videos, scale: tuple[int, int] | None = None, num_frames: int | None = None,
                    resolution: int | None = None, training: bool = False, do_sample_frames: bool | None = None,
                    start: float | None = None, end: float | None = None, time_unit: str = "frames",
-                   frame_sampling_rate: int | None = None, return_tensors: str | None = "pt",
-                   **kwargs: Any) -> BatchFeature:
+                   frame_sampling_rate: int | None = None, clip: int = 0, num_clips: int = 1, crop: int = 0,
+                   num_crops: int = 1, return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
         """videos: a path, an array (T, H, W, C), a list of frames, or a list of any of these.
 
         scale=(frames, resolution) overrides num_frames/resolution. Frame sampling (uniform over the video or the
         start/end segment) applies to files and arrays alike; `do_sample_frames=False` keeps an array's frames.
-        `frame_sampling_rate=k` (transformers' pipeline argument) takes frames k apart from the segment start
-        instead of spreading them over it.
+        `frame_sampling_rate=k` (transformers' pipeline argument) takes frames k apart instead of spreading them
+        over the segment. A multi-view evaluation asks for one view per call: temporal `clip` of `num_clips` (the
+        training stride, interleaved: `sample_frame_indices`) and, in evaluation, spatial `crop` of `num_crops`
+        along the longer side.
         """
         frames, size = scale if scale is not None else (num_frames or self.num_frames, resolution or self.resolution)
         check_scale(frames, size)
@@ -138,8 +144,9 @@ class StretchySnakeVideoProcessor(BaseVideoProcessor):
                                      "sampled (set num_frames, or decode it yourself and pass the array)")
                 raw = _frames_to_tensor(video)
             else:
-                raw = self._load(video, frames, size, training, start, end, time_unit, frame_sampling_rate)
-            clips.append(self.prepare_frames(raw, size, training=training))
+                raw = self._load(video, frames, size, training, start, end, time_unit, frame_sampling_rate, clip,
+                                 num_clips)
+            clips.append(self.prepare_frames(raw, size, training=training, crop=crop, num_crops=num_crops))
         return BatchFeature(data={"pixel_values": torch.stack(clips)}, tensor_type=return_tensors)
 
 

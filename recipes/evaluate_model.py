@@ -11,8 +11,10 @@ Prints a table of top-1 accuracy (rows: frames, columns: resolution), writes CSV
 module's results (scale_grid_evaluate.json, through `evaluate.save`) and a heatmap PNG of top-1 to --output_dir,
 and the accuracy against forward cost per scale (pareto.png: time measured on this machine, at
 batch 1). It also records the grid in the model folder (scale_accuracy.json; --no_save_to_model to leave the
-folder alone), where `predict.py --budget_ms` and `compute_budget.pick_scale` find it. Protocol: frames spread uniformly over each video (per temporal clip when --clips > 1),
-shortest-side resize to the resolution then --crops crops along the longer side; view probabilities averaged.
+folder alone), where `predict.py --budget_ms` and `compute_budget.pick_scale` find it. Protocol: frames spread
+uniformly over each video (--clips > 1: that many temporal views at the same stride, interleaved; the README's
+"Multi-view evaluation"), shortest-side resize to the resolution then --crops crops along the longer side; the
+`video_accuracy` module averages each video's view probabilities.
 The patch size at each resolution follows the model's scale_mode (static tokens: resolution / 14 for 224/16 models).
 The probes use frozen CLS features of the --probe_train_split (train) and --split (test) sets at each grid scale.
 """

@@ -3,10 +3,13 @@
     python recipes/predict.py --model outputs/stretchysnake-embedded/final --video clip.mp4 --frames 16 --resolution 112
     python recipes/predict.py --model M --video clip.mp4 --pipeline     # through transformers' pipeline()
     python recipes/predict.py --model M --video clip.mp4 --budget_ms 20 # the most accurate scale within 20 ms
+    python recipes/predict.py --model M --video clip.mp4 --clips 4 --crops 3  # 12 views, probabilities averaged
     python recipes/predict.py --model OpenGVLab/VideoMamba/videomamba_m16_k400_f16_res224.pth --video clip.mp4
 
 The video is decoded at the requested frames x resolution (frames spread over the whole clip, shortest-side
-resize + centre crop) and classified in one forward pass. With --budget_ms (forward milliseconds at batch 1 on
+resize + centre crop) and classified in one forward pass; with --clips / --crops, every view (temporal clips at
+the training stride, interleaved; crops along the longer side: the evaluation protocol) in one batch, and their
+probabilities averaged. With --budget_ms (forward milliseconds at batch 1 on
 this machine, measured on first use and cached) or --budget_gflops, the scale is the most accurate one within
 the budget according to the model's evaluated grid (scale_accuracy.json, written by train.py and evaluate_model.py).
 """
@@ -22,10 +25,12 @@ from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.pretrained import load_model, resolve_model_reference
 
 
-def predict(model, processor, video: str, frames: int, resolution: int, top_k: int = 5) -> list[tuple[str, float]]:
-    pixel_values = processor(video, scale=(frames, resolution))["pixel_values"]
+def predict(model, processor, video: str, frames: int, resolution: int, top_k: int = 5, clips: int = 1,
+            crops: int = 1) -> list[tuple[str, float]]:
+    views = [processor(video, scale=(frames, resolution), clip=clip, num_clips=clips, crop=crop,
+                       num_crops=crops)["pixel_values"] for clip in range(clips) for crop in range(crops)]
     with torch.inference_mode():
-        probabilities = model(pixel_values).logits.softmax(-1)[0]
+        probabilities = model(torch.cat(views)).logits.softmax(-1).mean(0)
     top = probabilities.topk(min(top_k, probabilities.numel()))
     return [(model.config.id2label[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
 
@@ -40,6 +45,8 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=None, help="default: the processor's (or model's) frames")
     parser.add_argument("--resolution", type=int, default=None, help="default: the processor's resolution")
     parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--clips", type=int, default=1, help="temporal views, averaged")
+    parser.add_argument("--crops", type=int, default=1, help="spatial views, averaged")
     parser.add_argument("--pipeline", action="store_true", help="run through transformers.pipeline")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget_ms", type=float, default=None,
@@ -49,7 +56,7 @@ def main(argv=None):
     parser.add_argument("--remeasure", action="store_true",
                         help="with a budget: time every scale afresh instead of using the cached forward times")
     args = parser.parse_args(argv)
-    for name in ("frames", "resolution", "top_k"):
+    for name in ("frames", "resolution", "top_k", "clips", "crops"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1 (a scale is frames x resolution, e.g. --frames 16 --resolution 112)")
     for name in ("budget_ms", "budget_gflops"):
@@ -76,6 +83,8 @@ def main(argv=None):
             parser.error(str(error))
         print(explain(choice, table, args.budget_ms, args.budget_gflops))
         frames, resolution = choice.scale.frames, choice.scale.resolution
+    if args.pipeline and (args.clips, args.crops) != (1, 1):
+        parser.error("--pipeline classifies one view; leave out --clips / --crops or --pipeline")
     if args.pipeline:
         from transformers import pipeline
 
@@ -86,8 +95,9 @@ def main(argv=None):
                             pipeline_class=StretchySnakeVideoClassificationPipeline)
         results = [(r["label"], r["score"]) for r in classify(args.video, top_k=args.top_k, num_frames=frames)]
     else:
-        results = predict(model, processor, args.video, frames, resolution, args.top_k)
-    print(f"{args.video} at {frames} frames x {resolution} px:")
+        results = predict(model, processor, args.video, frames, resolution, args.top_k, args.clips, args.crops)
+    views = "" if (args.clips, args.crops) == (1, 1) else f", {args.clips} clips x {args.crops} crops"
+    print(f"{args.video} at {frames} frames x {resolution} px{views}:")
     for label, score in results:
         print(f"  {score:6.3f}  {label}")
     return results

@@ -290,8 +290,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"unreadable videos skipped: {len(unreadable)} distinct file(s) over all processes"
               + (f": {unreadable}" if unreadable else ""))
         for name, (_, grid_results) in runs.items():
-            print(f"\ntop-1 accuracy (%) over frames x resolution, {name}, chance {100 / len(label_names):.1f}%:\n"
-                  f"{format_table(grid_results)}")
+            views = "" if (args.eval_clips, args.eval_crops) == (1, 1) else \
+                f", {args.eval_clips} clips x {args.eval_crops} crops per video"
+            print(f"\ntop-1 accuracy (%) over frames x resolution, {name}{views}, chance {100 / len(label_names):.1f}%:"
+                  f"\n{format_table(grid_results)}")
         if fixed:
             comparison = output_dir / "scale_grid_comparison.png"
             plot_heatmaps({name: grid_results for name, (_, grid_results) in runs.items()}, comparison)

@@ -35,7 +35,7 @@ def test_loads_from_its_folder_with_evaluate_load():
     scores = [[3, 1, 0], [0, 3, 1], [0, 1, 3], [3, 0, 1]]
     results = metric.compute(predictions=scores, references=[0, 1, 1, 2])
     assert results == pytest.approx({"top1": 50.0, "top3": 100.0, "mean_class_acc": (100 + 50 + 0) / 3,
-                                     "num_videos": 4})
+                                     "num_videos": 4, "num_views": 1})
     with pytest.raises(KeyError, match="config_name"):
         evaluate.load(str(VIDEO_ACCURACY), "per_frame")
 
@@ -48,7 +48,7 @@ def test_multi_view_rows_are_averaged_per_video():
     rows, ids = views.reshape(24, 7)[order], np.repeat(np.arange(6), 4)[order]
     multi_view = load_video_accuracy("multi_view").compute(predictions=rows, references=labels[ids], video_ids=ids)
     averaged = load_video_accuracy().compute(predictions=views.mean(1), references=labels)
-    assert multi_view == pytest.approx(averaged) and multi_view["num_videos"] == 6
+    assert multi_view == pytest.approx({**averaged, "num_views": 4}) and multi_view["num_videos"] == 6
     mislabelled = labels[ids]
     mislabelled[np.flatnonzero(ids == 0)[0]] = (labels[0] + 1) % 7  # one view of video 0 disagrees
     with pytest.raises(ValueError, match="different references"):
@@ -62,7 +62,8 @@ def test_scale_grid_results_and_means():
     results = metric.compute()
     assert results["top1@4x56"] == 50.0 and results["top1@8x56"] == 50.0 and results["num_videos@8x56"] == 2
     assert results["top1_grid_mean"] == 50.0 and results["top2_grid_mean"] == 100.0
-    assert "num_videos_grid_mean" not in results
+    assert results["num_views@4x56"] == 1
+    assert "num_videos_grid_mean" not in results and "num_views_grid_mean" not in results
 
 
 def test_combines_with_other_evaluate_modules(tmp_path):
@@ -84,7 +85,7 @@ class MeanConfidence(evaluate.Metric):
     combined = evaluate.combine([evaluate.load(str(VIDEO_ACCURACY)), evaluate.load(str(other))])
     results = combined.compute(predictions=[[0.75, 0.25], [0.5, 0.5]], references=[0, 1])
     assert results == pytest.approx({"top1": 50.0, "top2": 100.0, "mean_class_acc": 50.0, "num_videos": 2,
-                                     "mean_confidence": 0.625})
+                                     "num_views": 1, "mean_confidence": 0.625})
 
 
 def test_loads_offline():
@@ -97,7 +98,8 @@ def test_loads_offline():
 
 def test_trainer_results_equal_the_replaced_metrics_on_the_main_jobs_model(tmp_path):
     """The main job's model (recipes/train.py's embedded model) evaluated with 2 clips x 2 crops at two scales: the
-    Trainer's module-computed grid equals the replaced NumPy code on the same view-averaged probabilities."""
+    Trainer hands every view's probabilities to the module, and its grid equals the replaced NumPy code on the
+    views averaged here."""
     sys.path.insert(0, str(ROOT / "recipes"))
     import train
 
@@ -114,9 +116,10 @@ def test_trainer_results_equal_the_replaced_metrics_on_the_main_jobs_model(tmp_p
     metrics = trainer.evaluate()
     for scale in scales:
         probabilities, labels, video_ids = trainer.predict_scale(eval_set, scale)
-        assert video_ids.tolist() == list(range(20))
-        expected = replaced_numpy_metrics(np.log(probabilities + 1e-12), labels, 5)
-        assert trainer.last_scale_results[scale] == pytest.approx({**expected, "num_videos": 20})
+        assert video_ids.tolist() == np.repeat(np.arange(20), 4).tolist()  # one row per (video, view)
+        per_video = np.stack([probabilities[video_ids == video].mean(0) for video in range(20)])
+        expected = replaced_numpy_metrics(np.log(per_video + 1e-12), labels[::4], 5)
+        assert trainer.last_scale_results[scale] == pytest.approx({**expected, "num_videos": 20, "num_views": 4})
         for name, value in expected.items():
             assert metrics[f"eval_{name}@{scale.frames}x{scale.resolution}"] == pytest.approx(value)
     assert metrics["eval_top1_grid_mean"] == pytest.approx(

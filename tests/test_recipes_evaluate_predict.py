@@ -52,6 +52,26 @@ def test_predict_recipe_direct_and_through_pipeline(saved):
         assert a == pytest.approx(b, abs=1e-5)
 
 
+def test_predict_recipe_averages_the_evaluation_views(saved, tmp_path, capsys):
+    from modeling_stretchysnake.synthetic_actions import write_video
+
+    noise = torch.randint(0, 256, (12, 32, 64, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    video = write_video(tmp_path / "wide.mp4", noise.numpy())  # wide and changing: every view differs
+    model = StretchySnakeForVideoClassification.from_pretrained(saved / "model").eval()
+    processor = StretchySnakeVideoProcessor.from_pretrained(saved / "model")
+    with torch.no_grad():
+        views = [model(processor(str(video), scale=(3, 16), clip=clip, num_clips=2, crop=crop,
+                                 num_crops=3)["pixel_values"]).logits.softmax(-1)[0]
+                 for clip in range(2) for crop in range(3)]
+    assert not torch.allclose(views[0], views[-1])  # the views differ
+    expected = torch.stack(views).mean(0)
+    results = predict_recipe.main(["--model", str(saved / "model"), "--video", str(video), "--frames", "3",
+                                   "--resolution", "16", "--top_k", "5", "--clips", "2", "--crops", "3"])
+    assert "2 clips x 3 crops" in capsys.readouterr().out
+    for label, score in results:
+        assert score == pytest.approx(float(expected[model.config.label2id[label]]), abs=1e-6)
+
+
 def test_probes_on_separable_features():
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(3, 8, generator=generator) * 5

@@ -31,11 +31,12 @@ Args:
     scales (`list` of `str`, config "scale_grid"): the scale each row was evaluated at.
 Returns:
     top1, top5 (or topK with K = classes when there are fewer than 5), mean_class_acc: percentages, per scale
-    (`<name>@<scale>`) and as `<name>_grid_mean` with config "scale_grid"; num_videos (per scale with "scale_grid").
+    (`<name>@<scale>`) and as `<name>_grid_mean` with config "scale_grid"; num_videos and num_views (rows averaged
+    per video) per scale with "scale_grid".
 Examples:
     >>> metric = evaluate.load("path/to/video_accuracy", "multi_view")
     >>> metric.compute(predictions=[[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]], references=[0, 0, 1], video_ids=[0, 0, 1])
-    {'top1': 100.0, 'top2': 100.0, 'mean_class_acc': 100.0, 'num_videos': 2}
+    {'top1': 100.0, 'top2': 100.0, 'mean_class_acc': 100.0, 'num_videos': 2, 'num_views': 1.5}
 """
 
 _CITATION = """
@@ -104,11 +105,14 @@ class VideoAccuracy(evaluate.Metric):
             grid[scale] = self._score(scores[rows], labels[rows], ids[rows])
         results = {f"{name}@{scale}": value for scale, values in grid.items() for name, value in values.items()}
         for name in next(iter(grid.values())):
-            if name != "num_videos":
+            if not name.startswith("num_"):
                 results[f"{name}_grid_mean"] = float(np.mean([values[name] for values in grid.values()]))
         return results
 
     @staticmethod
     def _score(scores, labels, video_ids):
+        rows = len(labels)
         scores, labels = average_views(scores, labels, video_ids)
-        return {**accuracies(scores, labels), "num_videos": len(labels)}
+        views = rows / len(labels)
+        return {**accuracies(scores, labels), "num_videos": len(labels), "num_views": int(views) if views.is_integer()
+                else views}
