@@ -23,13 +23,12 @@ import dataclasses
 import json
 import logging
 import math
-import pickle
 import re
 from pathlib import Path
 
 import torch
 
-from .configuration_stretchysnake import StretchySnakeConfig
+from .configuration_stretchysnake import KERNEL_RESIZE_MODES, SCALE_MODES, StretchySnakeConfig
 from .modeling_stretchysnake import StretchySnakeForVideoClassification
 
 logger = logging.getLogger(__name__)
@@ -59,12 +58,53 @@ class ConversionError(ValueError):
     """The checkpoint does not map onto a StretchySnake model."""
 
 
-def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a .pth file safely (weights_only) and unwrap container dicts and name prefixes."""
+class NotACheckpointError(ConversionError):
+    """The file is not a PyTorch checkpoint at all (random bytes, a truncated or an HTML file)."""
+
+
+def checkpoint_safe_globals() -> list:
+    """What training-state checkpoints carry besides tensors and is harmless to build: the official training code
+    saves its argparse.Namespace of options, and epochs or metrics are often numpy scalars. Each is allowed under
+    the name numpy 1.x pickles it by as well as numpy 2's."""
+    import argparse
+
+    import numpy as np
+
+    allowed = [argparse.Namespace, np.dtype, *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}]
+    scalar = np.dtype(np.float64).type(0).__reduce__()[0]  # numpy's scalar reconstructor
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed.append((scalar, f"{module}.scalar"))
+    return allowed
+
+
+def _refused_globals(path, error: Exception) -> list[str]:
+    """The globals a weights-only load refused in `path` (besides those allowed), from the file or the message."""
+    allowed = {entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
+               for entry in checkpoint_safe_globals()}
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
-        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint of tensors: {error}") from error
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - an older torch, or a file it cannot list: read the message instead
+        found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    return [name for name in found if name not in allowed]
+
+
+def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a .pth file safely (weights_only, plus `checkpoint_safe_globals`) and unwrap container dicts and name
+    prefixes."""
+    if not Path(path).is_file():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - bytes that are no checkpoint fail in many ways (pickle, zip, utf-8)
+        refused = _refused_globals(path, error) if "Unsupported global" in str(error) else []
+        if refused:
+            raise ConversionError(
+                f"{path} holds {', '.join(refused)}, which a safe load (weights_only) does not build: keep only its "
+                f"tensors where you trust the file (torch.save(checkpoint['model'], 'weights.pth') in the code that "
+                f"wrote it) and convert that file") from None
+        reason = str(error).split("WeightsUnpickler error:")[-1].strip().split("\n")[0].split(". ")[0]
+        raise NotACheckpointError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: {reason})") from None
     while isinstance(checkpoint, dict):
         wrapper = next((key for key in WRAPPER_KEYS if isinstance(checkpoint.get(key), dict)), None)
         if wrapper is None:
@@ -177,12 +217,9 @@ def convert_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from . import convert_videomamba_checkpoint as package_module
+    """The command line: convert, or raise an error whose message is the one line `cli` prints."""
     from .labels import LABEL_SETS, label_names
-    from .pretrained import download, name_detected_labels, parse_hub_checkpoint, save_with_processor
-
-    # run as `python -m`, this file is __main__ and its ConversionError another class than the one pretrained raises
-    conversion_errors = (ConversionError, package_module.ConversionError)
+    from .pretrained import convert_hub_file, download, name_detected_labels, parse_hub_checkpoint, save_with_processor
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="official VideoMamba .pth file: a local path, or a Hub checkpoint "
@@ -196,11 +233,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--labels", help="class names: a JSON file (a list, or an {index: name} map) or a label set "
                                          f"shipped with the package ({', '.join(LABEL_SETS)}); default: detected "
                                          "for Kinetics-400 and Something-Something V2 heads")
-    parser.add_argument("--kernel-resize-mode", choices=("bicubic", "pi"))
-    parser.add_argument("--scale-mode", choices=("static_tokens", "static_patches"))
+    parser.add_argument("--kernel-resize-mode", choices=KERNEL_RESIZE_MODES)
+    parser.add_argument("--scale-mode", choices=SCALE_MODES)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    logging.getLogger(__package__).setLevel(logging.INFO)  # this package's progress, not every HTTP request
+    # This package's progress on a handler of its own; huggingface_hub prints its warnings (retries) through its own
+    # handler, so nothing goes to the root logger, where they would print a second time.
+    package_logger = logging.getLogger(__package__)
+    if not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    package_logger.propagate = False
 
     overrides = {}
     if args.labels:
@@ -212,19 +256,16 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("kernel_resize_mode", "scale_mode"):
         if getattr(args, name):
             overrides[name] = getattr(args, name)
-    try:
-        path = args.checkpoint
-        hub = parse_hub_checkpoint(args.checkpoint)
-        if hub is not None:
-            if args.revision:
-                hub = dataclasses.replace(hub, revision=args.revision)
-            path = download(hub, token=args.token, force_download=args.force_download)
-        model = convert_checkpoint(path, **overrides)
-        if not ({"id2label", "num_labels"} & set(overrides)):
-            name_detected_labels(model, str(args.checkpoint))
-    except conversion_errors as error:
-        hint = " (a download cut short? --force-download fetches it again)" if "cannot read" in str(error) else ""
-        parser.exit(1, f"conversion failed: {error}{hint}\n")
+    hub = parse_hub_checkpoint(args.checkpoint)
+    if hub is None:
+        model = convert_checkpoint(args.checkpoint, **overrides)
+    else:
+        if args.revision:
+            hub = dataclasses.replace(hub, revision=args.revision)
+        path = download(hub, token=args.token, force_download=args.force_download)
+        model = convert_hub_file(hub, path, **overrides)
+    if not ({"id2label", "num_labels"} & set(overrides)):
+        name_detected_labels(model, str(args.checkpoint))
     save_with_processor(model, args.output_dir)
     config = model.config
     print(
@@ -235,5 +276,12 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def cli() -> None:
+    """`stretchysnake-convert-videomamba`: any error is one line on stderr and exit status 1 (--debug: traceback)."""
+    from .cli import run_cli
+
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

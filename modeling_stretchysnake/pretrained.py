@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .convert_videomamba_checkpoint import ConversionError, convert_checkpoint
+from .convert_videomamba_checkpoint import ConversionError, NotACheckpointError, convert_checkpoint
 from .labels import detect_label_set, label_names
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ def download(checkpoint: HubCheckpoint, token: str | bool | None = None, force_d
         RevisionNotFoundError,
     )
 
+    from huggingface_hub import errors
+
+    transfer_errors = (getattr(errors, "HTTPError", OSError), OSError)  # the HTTP client's base error, or OSError
+
     where = f"{checkpoint.filename!r} from the Hub repository {checkpoint.repo_id!r}"
     try:
         return Path(hf_hub_download(checkpoint.repo_id, checkpoint.filename, revision=checkpoint.revision,
@@ -72,6 +77,43 @@ def download(checkpoint: HubCheckpoint, token: str | bool | None = None, force_d
         raise ConversionError(f"cannot download {where}: no revision {checkpoint.revision!r}") from error
     except EntryNotFoundError as error:  # (after LocalEntryNotFoundError, its subclass)
         raise ConversionError(f"cannot download {where}: the repository has no such file") from error
+    except transfer_errors as error:  # e.g. the connection dropped on every retry
+        first_line = str(error).strip().split("\n")[0]
+        raise ConversionError(f"cannot download {where} (revision {checkpoint.revision or 'main'}): "
+                              f"{type(error).__name__}: {first_line}{_bytes_received(checkpoint, token, error)}") from None
+
+
+def _bytes_received(checkpoint: HubCheckpoint, token, error: Exception) -> str:
+    """How far an interrupted download got, from the file's size on the Hub and the last request's count
+    ("received R bytes, expected E": E is what remained after huggingface_hub's resumes), or '' if unknown."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    counts = re.search(r"received (\d+) bytes, expected (\d+)", str(error))
+    try:
+        size = get_hf_file_metadata(hf_hub_url(checkpoint.repo_id, checkpoint.filename, revision=checkpoint.revision),
+                                    token=token).size
+    except Exception:  # noqa: BLE001 - the Hub cannot say either: report the download error alone
+        return ""
+    if counts is None or size is None:
+        return ""
+    received, remaining = (int(value) for value in counts.groups())
+    return (f"; {size - remaining + received:,} of {size:,} bytes arrived (huggingface_hub resumed after each drop "
+            f"and keeps no partial file): run it again to download it anew")
+
+
+def _cache_checksum(path: Path) -> str:
+    """The checksum huggingface_hub recorded for a downloaded file: its blob's name, the ETag (the SHA256 of an LFS
+    file), or the file's SHA256 where the cache holds copies instead of links."""
+    blob = path.resolve()
+    if blob.parent.name == "blobs":
+        return f"ETag {blob.name}"
+    import hashlib
+
+    digest = hashlib.sha256()
+    with blob.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"SHA256 {digest.hexdigest()}"
 
 
 def name_detected_labels(model, filename: str) -> str | None:
@@ -122,7 +164,7 @@ def pretrained_folder(checkpoint: HubCheckpoint | str, token: str | bool | None 
         shutil.rmtree(folder, ignore_errors=True)
     staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
     try:
-        model = convert_checkpoint(path)
+        model = convert_hub_file(checkpoint, path)
         name_detected_labels(model, checkpoint.filename)
         save_with_processor(model, staging)
         try:
@@ -130,14 +172,26 @@ def pretrained_folder(checkpoint: HubCheckpoint | str, token: str | bool | None 
         except OSError:  # another process (a rank of the same launch) finished first: keep its folder
             if not (folder / "config.json").exists():
                 raise
-    except ConversionError as error:
-        hint = (" (if the download was cut short, pass force_download=True or --force-download to fetch it again)"
-                if "cannot read" in str(error) else "")
-        raise ConversionError(f"{checkpoint}: {error}{hint}") from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("converted %s into %s", checkpoint, folder)
     return folder
+
+
+def convert_hub_file(checkpoint: HubCheckpoint, path: Path, **config_overrides):
+    """`convert_checkpoint` of a file downloaded for `checkpoint`; its errors name the Hub checkpoint, and for a
+    file that is no checkpoint at all, the checksum huggingface_hub recorded, to compare with the Hub's."""
+    try:
+        return convert_checkpoint(path, **config_overrides)
+    except NotACheckpointError as error:  # downloaded whole (huggingface_hub checks the size), yet no checkpoint
+        reason = str(error).split(" is not a PyTorch checkpoint ")[-1]
+        raise NotACheckpointError(
+            f"{checkpoint}: the file the Hub served is not a PyTorch checkpoint {reason}; huggingface_hub recorded "
+            f"{_cache_checksum(path)} (at {path}): if that differs from the SHA256 on the file's Hub page, fetch "
+            f"it again (force_download=True, --force-download), else the file on the Hub is not a checkpoint"
+        ) from None
+    except ConversionError as error:
+        raise ConversionError(f"{checkpoint}: {error}") from None
 
 
 def resolve_model_reference(reference: str, token: str | bool | None = None) -> str:
@@ -158,5 +212,5 @@ def load_model(model_class, reference: str, **kwargs):
                       f"OWNER/REPO/FILE.pth checkpoint the Hub has): {error}") from error
 
 
-__all__ = ["HubCheckpoint", "load_model", "parse_hub_checkpoint", "pretrained_folder", "resolve_model_reference",
+__all__ = ["HubCheckpoint", "convert_hub_file", "load_model", "parse_hub_checkpoint", "pretrained_folder", "resolve_model_reference",
            "save_with_processor"]

@@ -1,9 +1,17 @@
+import io
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForVideoClassification
 
+from conftest import script_env
 from modeling_stretchysnake.convert_videomamba_checkpoint import (
     ConversionError,
+    NotACheckpointError,
     convert_checkpoint,
     load_official_state_dict,
     main,
@@ -131,10 +139,44 @@ def test_image_checkpoint_with_2d_kernel_and_no_temporal_embedding(official, tmp
     torch.testing.assert_close(model.stretchysnake.embeddings.patch_embeddings.weight[:, :, 0], state["patch_embed.proj.weight"])
 
 
-def test_pickled_objects_are_refused(tmp_path):
-    torch.save({"model": {"x": object()}}, tmp_path / "evil.pth")
-    with pytest.raises(ConversionError, match="cannot read"):
+def test_training_states_with_their_options_and_numpy_scalars_load(official, tmp_path):
+    """What VideoMamba's save_model writes (model, optimizer, epoch, scaler, argparse options), with numpy scalars
+    as numpy 2 and numpy 1.x name their reconstructor."""
+    import argparse
+
+    state = {"model": official, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]}, "epoch": np.int64(29),
+             "scaler": {"scale": 65536.0}, "args": argparse.Namespace(lr=1e-4, model="videomamba_tiny"),
+             "max_accuracy": np.float64(84.3), "dtype": np.dtype("float32")}
+    torch.save(state, tmp_path / "state.pth")
+    assert load_official_state_dict(tmp_path / "state.pth").keys() == official.keys()
+    buffer = io.BytesIO()
+    torch.save(state, buffer, _use_new_zipfile_serialization=False)  # a plain pickle stream: names can be edited
+    legacy = buffer.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray\nscalar" in legacy
+    (tmp_path / "numpy1.pth").write_bytes(legacy)
+    loaded = load_official_state_dict(tmp_path / "numpy1.pth")
+    assert all(torch.equal(loaded[key], value) for key, value in official.items())
+
+
+def test_other_objects_are_refused_by_name(tmp_path):
+    torch.save({"model": {"x": torch.zeros(1)}, "path": pathlib.PurePosixPath("/data")}, tmp_path / "evil.pth")
+    with pytest.raises(ConversionError, match="evil.pth holds pathlib.PurePosixPath, which a safe load") as caught:
         load_official_state_dict(tmp_path / "evil.pth")
+    assert "\n" not in str(caught.value) and "weights_only=False" not in str(caught.value)
+    torch.save({"model": {"x": object()}}, tmp_path / "object.pth")
+    with pytest.raises(ConversionError, match="holds builtins.object"):
+        load_official_state_dict(tmp_path / "object.pth")
+
+
+def test_files_that_are_no_checkpoint_say_so_in_one_line(tmp_path):
+    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    (tmp_path / "page.pth").write_text("<html><body>Not found</body></html>")
+    for name in ("noise.pth", "page.pth"):
+        with pytest.raises(NotACheckpointError, match=f"{name} is not a PyTorch checkpoint") as caught:
+            load_official_state_dict(tmp_path / name)
+        assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
+    with pytest.raises(ConversionError, match="absent.pth: no such file"):
+        load_official_state_dict(tmp_path / "absent.pth")
 
 
 def test_command_line(official, tmp_path, capsys):
@@ -145,8 +187,11 @@ def test_command_line(official, tmp_path, capsys):
     assert "3 labels" in capsys.readouterr().out
     model = AutoModelForVideoClassification.from_pretrained(tmp_path / "out")
     assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
-    for not_a_checkpoint in (labels, tmp_path / "absent.pth"):
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(not_a_checkpoint), str(tmp_path / "out2")])
-        assert exit_info.value.code == 1
-    assert "conversion failed" in capsys.readouterr().err
+    command = [sys.executable, "-m", "modeling_stretchysnake.convert_videomamba_checkpoint"]
+    for not_a_checkpoint, message in ((labels, "labels.json is not a PyTorch checkpoint"),
+                                      (tmp_path / "absent.pth", "absent.pth: no such file")):
+        result = subprocess.run([*command, str(not_a_checkpoint), str(tmp_path / "out2")], env=script_env(),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1 and result.stderr.startswith("error: ") and message in result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 2  # + the --debug hint
+    assert not (tmp_path / "out2").exists()

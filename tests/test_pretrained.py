@@ -27,14 +27,30 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 K400 = "videomamba_t16_k400_f8_res224.pth"
 SSV2 = "videomamba_t16_ssv2_f8_res224.pth"
 BREAKFAST = "videomamba_t16_breakfast_f32_res224.pth"
-TRUNCATED = "videomamba_t16_k400_f16_res224.pth"
+TRUNCATED = "videomamba_t16_k400_f16_res224.pth"  # half of a checkpoint, served whole: bad on the server
+NOISE = "videomamba_t16_k400_f32_res224.pth"  # random bytes
+TRAINING_STATE = "videomamba_t16_k400_f8_res224_checkpoint-best.pth"  # what the official training code's save_model writes
+DROPPING = "videomamba_s16_k400_f8_res224.pth"  # the connection drops after CUT bytes on every try
+CUT = 4096
 
 
-def checkpoint_bytes(num_classes, num_frames=8):
+def checkpoint_bytes(num_classes, num_frames=8, **extra):
     buffer = io.BytesIO()
-    torch.save({"model": official_tiny_state_dict(num_frames=num_frames, num_classes=num_classes, depth=2, dim=32)},
-               buffer)
+    torch.save({"model": official_tiny_state_dict(num_frames=num_frames, num_classes=num_classes, depth=2, dim=32),
+                **extra}, buffer)
     return buffer.getvalue()
+
+
+def training_state_bytes():
+    """A checkpoint as VideoMamba's `save_model` writes it (model, optimizer, epoch, scaler, the argparse options),
+    with numpy scalars for the epoch and a metric, as research code often adds."""
+    import argparse
+
+    import numpy as np
+
+    return checkpoint_bytes(400, optimizer={"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+                            epoch=np.int64(29), max_accuracy=np.float64(84.3), scaler={"scale": 65536.0},
+                            args=argparse.Namespace(model="videomamba_tiny", lr=1e-4, num_frames=8))
 
 
 class HubFileRoute(BaseHTTPRequestHandler):
@@ -48,6 +64,8 @@ class HubFileRoute(BaseHTTPRequestHandler):
 
     def respond(self, send_body):
         self.server.hits.append(f"{self.command} {self.path}")
+        if self.headers.get("Range"):
+            self.server.hits.append(f"{self.command} {self.path.rsplit('/', 1)[-1]} {self.headers['Range']}")
         parts = urllib.parse.unquote(self.path.split("?")[0]).strip("/").split("/")
         repo, filename = "/".join(parts[:2]), "/".join(parts[4:])
         files = self.server.repos.get(repo)
@@ -58,14 +76,25 @@ class HubFileRoute(BaseHTTPRequestHandler):
             self.end_headers()
             return
         data = files[filename]
-        self.send_response(200)
+        first = 0  # a resumed download asks for the rest: "Range: bytes=N-"
+        if send_body and (asked := self.headers.get("Range", "")).startswith("bytes="):
+            first = int(asked[len("bytes="):].split("-")[0])
+        self.send_response(206 if first else 200)
         self.send_header("X-Repo-Commit", COMMIT)
         self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(len(data) - first))
+        if first:
+            self.send_header("Content-Range", f"bytes {first}-{len(data) - 1}/{len(data)}")
         self.send_header("Content-Type", "application/octet-stream")
         self.end_headers()
         if send_body:
-            self.wfile.write(data)
+            cut = self.server.cuts.get(filename)  # a connection that drops: `cut` bytes of the body, then closed
+            if cut is not None and self.server.cut_times.get(filename, 0) != 0:
+                self.server.cut_times[filename] -= 1
+                self.wfile.write(data[first:first + cut])
+                self.close_connection = True
+                return
+            self.wfile.write(data[first:])
 
     def log_message(self, *args):
         pass
@@ -75,9 +104,11 @@ class HubFileRoute(BaseHTTPRequestHandler):
 def hub():
     server = ThreadingHTTPServer(("127.0.0.1", 0), HubFileRoute)
     server.hits = []
+    server.cuts, server.cut_times = {}, {}  # filename -> bytes sent before the connection drops, and how often
     k400 = checkpoint_bytes(400)
     server.repos = {REPO: {K400: k400, SSV2: checkpoint_bytes(174), BREAKFAST: checkpoint_bytes(10, num_frames=32),
-                           TRUNCATED: k400[: len(k400) // 2]}}
+                           TRUNCATED: k400[: len(k400) // 2], NOISE: os.urandom(len(k400)),
+                           TRAINING_STATE: training_state_bytes(), DROPPING: k400}}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -155,15 +186,92 @@ def test_missing_file_or_repository_is_one_clear_line(hub, tmp_path, reference, 
     assert not (tmp_path / "out").exists()
 
 
-def test_truncated_download_is_a_clear_error_and_leaves_no_folder(hub, tmp_path):
-    code = (f"from modeling_stretchysnake import StretchySnakeForVideoClassification\n"
-            f"StretchySnakeForVideoClassification.from_videomamba('{REPO}', '{TRUNCATED}')")
-    result = run(code, hub, tmp_path)
-    assert result.returncode != 0
-    message = result.stderr.strip().splitlines()[-1]
-    assert "ConversionError" in message and TRUNCATED in message and "cannot read" in message
-    assert "force_download=True" in message
-    assert not list((tmp_path / "cache").rglob(f"*{TRUNCATED[:-4]}*"))  # neither the folder nor a partial one
+def from_videomamba(filename):
+    return (f"from modeling_stretchysnake import StretchySnakeForVideoClassification\n"
+            f"model = StretchySnakeForVideoClassification.from_videomamba('{REPO}', '{filename}')\n"
+            f"print('labels', model.config.num_labels, model.config.id2label[0])")
+
+
+def three_ways(filename, hub, tmp_path, video):
+    """The API, the converter's console script and predict.py on one Hub checkpoint: their results."""
+    return {
+        "api": run(from_videomamba(filename), hub, tmp_path),
+        "cli": run(["-m", "modeling_stretchysnake.convert_videomamba_checkpoint", f"{REPO}/{filename}",
+                    str(tmp_path / "out")], hub, tmp_path, script=False),
+        "predict": run([str(ROOT / "recipes" / "predict.py"), "--model", f"{REPO}/{filename}", "--video", str(video),
+                        "--frames", "2", "--resolution", "32"], hub, tmp_path, script=False),
+    }
+
+
+def error_line(result) -> str:
+    """The one line a failed run printed about the error ('error: ...', or an exception's last line)."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ") or "Error: " in line]
+    assert lines, result.stderr[-3000:]
+    return lines[-1]
+
+
+def assert_one_error(way, result):
+    """The console scripts print one error line and no traceback; the API raises one exception, with no chained
+    one (and neither suggests weights_only=False)."""
+    assert "weights_only=False" not in result.stderr and "During handling" not in result.stderr, result.stderr
+    if way != "api":
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+@pytest.fixture
+def clip(tmp_path):
+    import numpy as np
+
+    from modeling_stretchysnake.synthetic_actions import write_video
+
+    return write_video(tmp_path / "clip.mp4", np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8))
+
+
+def test_training_state_checkpoints_convert(hub, tmp_path):
+    result = run(from_videomamba(TRAINING_STATE), hub, tmp_path)
+    assert result.returncode == 0 and "labels 400 abseiling" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("filename", [TRUNCATED, NOISE], ids=["half-a-checkpoint", "random-bytes"])
+def test_a_file_that_is_no_checkpoint_is_one_line_with_its_checksum(hub, tmp_path, clip, filename):
+    etag = hashlib.sha256(hub.repos[REPO][filename]).hexdigest()
+    for way, result in three_ways(filename, hub, tmp_path, clip).items():
+        line = error_line(result)
+        assert f"{REPO}/{filename}" in line and "is not a PyTorch checkpoint" in line and etag in line, (way, line)
+        assert_one_error(way, result)
+    assert not list((tmp_path / "cache").rglob(f"*{filename[:-4]}*"))  # neither the folder nor a partial one
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_download_dropped_on_every_try_is_one_line_and_a_retry_after_works(hub, tmp_path, clip):
+    size = len(hub.repos[REPO][DROPPING])
+    hub.cuts[DROPPING], hub.cut_times[DROPPING] = CUT, -1  # -1: every time
+    try:
+        results = three_ways(DROPPING, hub, tmp_path, clip)
+    finally:
+        hub.cut_times[DROPPING] = 0
+    for way, result in results.items():
+        line = error_line(result)
+        assert all(text in line for text in (REPO, DROPPING, "revision main", f"of {size:,} bytes arrived",
+                                             "run it again")), line
+        assert_one_error(way, result)
+    retries = [line for line in results["cli"].stderr.splitlines() if "Trying to resume download" in line]
+    assert len(retries) > 1 and not any(line.startswith("WARNING") for line in retries)  # each printed once
+    assert not list((tmp_path / "cache").rglob(f"*{DROPPING[:-4]}*")) and not (tmp_path / "out").exists()
+    fixed = run(from_videomamba(DROPPING), hub, tmp_path)  # the connection holds again
+    assert fixed.returncode == 0 and "labels 400 abseiling" in fixed.stdout, fixed.stderr[-3000:]
+
+
+def test_a_single_drop_resumes_within_the_call(hub, tmp_path):
+    """huggingface_hub asks for the rest (a Range request) of what it had written, in whole chunks of 10 MB: chunks
+    of 1 KB here, so that this small file resumes as a large one does."""
+    hub.cuts[DROPPING], hub.cut_times[DROPPING] = CUT, 1
+    before = len(hub.hits)
+    small_chunks = "import huggingface_hub.constants\nhuggingface_hub.constants.DOWNLOAD_CHUNK_SIZE = 1024\n"
+    result = run(small_chunks + from_videomamba(DROPPING), hub, tmp_path)
+    assert result.returncode == 0 and "labels 400 abseiling" in result.stdout, result.stderr[-3000:]
+    assert f"GET {DROPPING} bytes={CUT}-" in hub.hits[before:]
 
 
 def test_offline_without_the_file_cached_says_so(hub, tmp_path):
