@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -c "import torch" 2>/dev/null || \
 		if nvidia-smi >/dev/null 2>&1; then $(BIN)/python $(PIP_LOCKED) "$(CUDA_TORCH)"; \
 		else $(BIN)/python $(PIP_LOCKED) "$(CPU_TORCH)"; fi
-	$(BIN)/python $(PIP_LOCKED) -e ".[test,video]"
+	$(BIN)/python $(PIP_LOCKED) -e ".[train,test,video]"
 	$(BIN)/python -c "import torch, transformers, modeling_stretchysnake; \
 		print('set up $(VENV): torch', torch.__version__, 'transformers', transformers.__version__)"
 	touch $@
@@ -51,7 +51,7 @@ lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
 	.lock-venv/bin/python -m pip install --quiet "$(CPU_TORCH)"
-	.lock-venv/bin/python -m pip install --quiet -e ".[test,video]"
+	.lock-venv/bin/python -m pip install --quiet -e ".[train,test,video]"
 	{ grep '^#' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK) && rm -rf .lock-venv
 	git diff --stat -- $(LOCK)

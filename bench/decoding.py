@@ -60,7 +60,7 @@ def child(path: str, decoder: str, resize: str, frames: int, resolution: int, re
     import statistics
     import time
 
-    from modeling_stretchysnake.data import read_video
+    from modeling_stretchysnake.video_decoding import read_video
 
     read_video(path, 2, 32, "squash", backend=decoder)  # imports and codec set-up, not counted
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

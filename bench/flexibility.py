@@ -61,7 +61,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from modeling_stretchysnake.synthetic_actions import load_or_generate
+    from modeling_stretchysnake.training.synthetic_actions import load_or_generate
 
     out = Path(args.output_dir)
     data = out / f"data_{args.task}"  # one render per setting; the data seed stays 0 so seeds share the clips

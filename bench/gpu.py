@@ -186,14 +186,14 @@ class triton_on_cpu:
         self.enabled = enabled
 
     def __enter__(self):
-        from modeling_stretchysnake import bidirectional_mixer
+        from modeling_stretchysnake import custom_ops
 
-        self.module, self.saved = bidirectional_mixer, bidirectional_mixer._uses_numba
+        self.module, self.saved = custom_ops, custom_ops.uses_numba
         if self.enabled:
-            bidirectional_mixer._uses_numba = lambda tensor: False
+            custom_ops.uses_numba = lambda tensor: False
 
     def __exit__(self, *exc):
-        self.module._uses_numba = self.saved
+        self.module.uses_numba = self.saved
 
 
 def relative_error(actual, expected) -> float:
@@ -343,7 +343,7 @@ def check_max_batch(settings, budget_gib, seconds_per_model):
 def render_clips(count_per_class, frames, size, seed):
     import numpy as np
 
-    from modeling_stretchysnake.synthetic_actions import ACTIONS, TASKS, render_action
+    from modeling_stretchysnake.training.synthetic_actions import ACTIONS, TASKS, render_action
 
     rng = np.random.default_rng(seed)
     clips, labels = [], []

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from modeling_stretchysnake.synthetic_actions import TASKS as PACKAGE_TASKS
+from modeling_stretchysnake.training.synthetic_actions import TASKS as PACKAGE_TASKS
 
 WIDTH, DEPTH, GRID = 96, 4, 7
 TASKS = {  # render options of synthetic_actions.render_action
@@ -92,7 +92,7 @@ def decoded_clips(task: str, args) -> dict[str, tuple[torch.Tensor, torch.Tensor
     from datasets import load_from_disk
 
     from modeling_stretchysnake import StretchySnakeVideoProcessor
-    from modeling_stretchysnake.synthetic_actions import generate_action_dataset
+    from modeling_stretchysnake.training.synthetic_actions import generate_action_dataset
 
     root = Path(args.data_root) / f"{task}_{args.train_per_class}x{args.eval_per_class}_seed{args.data_seed}"
     if not (root / "manifest").exists():

@@ -16,10 +16,10 @@ from datasets import load_from_disk
 from transformers import TrainingArguments
 
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
-from modeling_stretchysnake.data import VideoClipDataset
+from modeling_stretchysnake.training.data import VideoClipDataset
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
-from modeling_stretchysnake.scales import Scale, ScaleSampler
-from modeling_stretchysnake.trainer import StretchySnakeTrainer
+from modeling_stretchysnake.training.scales import Scale, ScaleSampler
+from modeling_stretchysnake.training.trainer import StretchySnakeTrainer
 
 
 def main(argv=None):

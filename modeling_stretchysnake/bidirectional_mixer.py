@@ -31,17 +31,15 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from . import custom_ops
+from .custom_ops import register_differentiable_op
 from .selective_scan_fused import (
     CHECKPOINT_EVERY,
-    _defined,
     compute_dtype,
     gradient_groups,
     numba_kernels,
     triton_kernels,
 )
-
-_FORWARD = "stretchysnake::bidirectional_mixer_fwd"
-_BACKWARD = "stretchysnake::bidirectional_mixer_bwd"
 
 
 def _chunks(length: int) -> int:
@@ -51,15 +49,9 @@ def _chunks(length: int) -> int:
 # ----- kernels per device: conv + SiLU of both directions, and one direction's scan -----
 
 
-def _uses_numba(x: torch.Tensor) -> bool:
-    """numba's kernels for CPU tensors; Triton's (and PyTorch's conv) otherwise. The tests swap this to run the
-    Triton path on CPU tensors under ``TRITON_INTERPRET=1``."""
-    return x.device.type == "cpu"
-
-
 def _conv_silu(x, conv_weight, conv_bias):
     """x (batch, d_inner, L), any strides -> (xc_forward, xc_backward), each (batch, d_inner, L) contiguous."""
-    if _uses_numba(x):
+    if custom_ops.uses_numba(x):
         kernels = numba_kernels()
         out = torch.empty(2, *x.shape, dtype=x.dtype)
         kernels.conv_silu_forward(x.numpy(), conv_weight[0].numpy(), conv_bias[0].numpy(), conv_weight[1].numpy(),
@@ -78,7 +70,7 @@ def _conv_torch(x, conv_weight, conv_bias):
 
 def _conv_silu_backward(x, conv_weight, conv_bias, grad_forward, grad_backward, grad_x):
     """Writes grad_x (batch, d_inner, L, any strides); returns the gradients of conv_weight and conv_bias."""
-    if _uses_numba(x):
+    if custom_ops.uses_numba(x):
         kernels = numba_kernels()
         batch, d_inner, _ = x.shape
         grad_weight = torch.empty(2, batch, d_inner, conv_weight.shape[-1], dtype=x.dtype)
@@ -108,7 +100,7 @@ def _scan_forward(u, delta, A, B_rows, C_rows, D, z, delta_bias, reverse, out, a
     adds to) out (batch, d_inner, L, any strides). Returns the state checkpoints (batch, d_inner, chunks, N)."""
     batch, d_inner, length = u.shape
     checkpoints = u.new_empty(batch, d_inner, _chunks(length), A.shape[1])
-    if _uses_numba(u):
+    if custom_ops.uses_numba(u):
         numba_kernels().scan_forward(u.numpy(), delta.numpy(), A.numpy(), B_rows.numpy(), C_rows.numpy(), D.numpy(),
                                      z.numpy(), delta_bias.numpy(), True, True, True, True, reverse, accumulate,
                                      out.numpy(), checkpoints.numpy())
@@ -124,7 +116,7 @@ def _scan_backward(grad_y, u, delta, A, B_rows, C_rows, D, z, delta_bias, checkp
     gated output to y_out, both (batch, d_inner, L, any strides)."""
     batch, d_inner, length = u.shape
     n_state = A.shape[1]
-    if _uses_numba(u):
+    if custom_ops.uses_numba(u):
         groups = gradient_groups(batch, d_inner)
         new = functools.partial(torch.empty, dtype=u.dtype)
         grads = (new(batch, d_inner, length), new(batch, d_inner, length), grad_z, new(batch, d_inner, n_state),
@@ -183,127 +175,128 @@ def _output_width(xz, out_proj_weight):
     return out_proj_weight.shape[0] if out_proj_weight is not None else xz.shape[-1] // 2
 
 
-if not _defined(_FORWARD):
-
-    @torch.library.custom_op(_FORWARD, mutates_args=(), device_types=("cpu", "cuda"))
-    def bidirectional_mixer_fwd(
-        xz: torch.Tensor,
-        conv_weight: torch.Tensor,
-        conv_bias: torch.Tensor,
-        x_proj_weight: torch.Tensor,
-        dt_proj_weight: torch.Tensor,
-        dt_proj_bias: torch.Tensor,
-        A: torch.Tensor,
-        D: torch.Tensor,
-        out_proj_weight: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the mixer output (batch, L, hidden or d_inner) and the state checkpoints of both directions
-        (2, batch, d_inner, chunks, N)."""
-        with _no_autocast(xz):
-            return _forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
-                            out_proj_weight)
-
-    def _forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, out_proj_weight):
-        batch, length, _ = xz.shape
-        rank, n_state = dt_proj_weight.shape[2], A.shape[2]
-        x, z = _split(xz.to(A.dtype))  # a 16-bit xz is kept as it is for backward and computed in float32
-        y = A.new_empty(batch, length, xz.shape[-1] // 2)  # the sum of both directions, in (batch, L, d_inner)
-        checkpoints = []
-        for direction, xc in enumerate(_conv_silu(x, conv_weight, conv_bias)):
-            dt, B_rows, C_rows, delta = _direction_inputs(xc, x_proj_weight[direction], dt_proj_weight[direction],
-                                                          rank, n_state)
-            checkpoints.append(_scan_forward(xc, delta, A[direction], B_rows, C_rows, D[direction], z,
-                                             dt_proj_bias[direction], reverse=direction == 1, out=y.transpose(1, 2),
-                                             accumulate=direction == 1))
-        out = y if out_proj_weight is None else torch.matmul(y, out_proj_weight.t())
-        return out.to(xz.dtype), torch.stack(checkpoints)
-
-    @bidirectional_mixer_fwd.register_fake
-    def _(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, out_proj_weight):
-        batch, length, width = xz.shape
-        out = xz.new_empty(batch, length, _output_width(xz, out_proj_weight))
-        return out, A.new_empty(2, batch, width // 2, _chunks(length), A.shape[2])
+def _bidirectional_mixer_fwd(
+    xz: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor,
+    x_proj_weight: torch.Tensor,
+    dt_proj_weight: torch.Tensor,
+    dt_proj_bias: torch.Tensor,
+    A: torch.Tensor,
+    D: torch.Tensor,
+    out_proj_weight: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns the mixer output (batch, L, hidden or d_inner) and the state checkpoints of both directions
+    (2, batch, d_inner, chunks, N)."""
+    with _no_autocast(xz):
+        return _forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
+                        out_proj_weight)
 
 
-if not _defined(_BACKWARD):
+def _forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, out_proj_weight):
+    batch, length, _ = xz.shape
+    rank, n_state = dt_proj_weight.shape[2], A.shape[2]
+    x, z = _split(xz.to(A.dtype))  # a 16-bit xz is kept as it is for backward and computed in float32
+    y = A.new_empty(batch, length, xz.shape[-1] // 2)  # the sum of both directions, in (batch, L, d_inner)
+    checkpoints = []
+    for direction, xc in enumerate(_conv_silu(x, conv_weight, conv_bias)):
+        dt, B_rows, C_rows, delta = _direction_inputs(xc, x_proj_weight[direction], dt_proj_weight[direction],
+                                                      rank, n_state)
+        checkpoints.append(_scan_forward(xc, delta, A[direction], B_rows, C_rows, D[direction], z,
+                                         dt_proj_bias[direction], reverse=direction == 1, out=y.transpose(1, 2),
+                                         accumulate=direction == 1))
+    out = y if out_proj_weight is None else torch.matmul(y, out_proj_weight.t())
+    return out.to(xz.dtype), torch.stack(checkpoints)
 
-    @torch.library.custom_op(_BACKWARD, mutates_args=(), device_types=("cpu", "cuda"))
-    def bidirectional_mixer_bwd(
-        grad_out: torch.Tensor,
-        xz: torch.Tensor,
-        conv_weight: torch.Tensor,
-        conv_bias: torch.Tensor,
-        x_proj_weight: torch.Tensor,
-        dt_proj_weight: torch.Tensor,
-        dt_proj_bias: torch.Tensor,
-        A: torch.Tensor,
-        D: torch.Tensor,
-        out_proj_weight: torch.Tensor | None,
-        checkpoints: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-               torch.Tensor, torch.Tensor]:
-        """Gradients for (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
-        out_proj_weight), each in its input's shape; without out_proj_weight its gradient is an empty tensor."""
-        with _no_autocast(xz):
-            return _backward_impl(grad_out, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
-                                  A, D, out_proj_weight, checkpoints)
 
-    def _backward_impl(grad_out, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
-                       out_proj_weight, checkpoints):
-        batch, length, width = xz.shape
-        rank, n_state = dt_proj_weight.shape[2], A.shape[2]
-        grad_out = grad_out.to(A.dtype).contiguous()
-        grad_y = grad_out if out_proj_weight is None else torch.matmul(grad_out, out_proj_weight)  # (batch, L, d)
-        x, z = _split(xz.to(A.dtype))
-        grad_xz = torch.empty_like(xz, dtype=A.dtype, memory_format=torch.contiguous_format)
-        grad_x, grad_z = _split(grad_xz)
-        grad_z.zero_()  # both directions add their part
-        y = None if out_proj_weight is None else A.new_zeros(batch, length, width // 2)  # recomputed, for out_proj
-        grads = {name: [] for name in ("x_proj", "dt_proj", "dt_bias", "A", "D")}
-        grad_xc = []
-        xcs = _conv_silu(x, conv_weight, conv_bias)
-        for direction, xc in enumerate(xcs):
-            dt, B_rows, C_rows, delta = _direction_inputs(xc, x_proj_weight[direction], dt_proj_weight[direction],
-                                                          rank, n_state)
-            grad_u, grad_delta, grad_A, grad_D, grad_bias, grad_B, grad_C = _scan_backward(
-                grad_y.transpose(1, 2), xc, delta, A[direction], B_rows, C_rows, D[direction], z,
-                dt_proj_bias[direction], checkpoints[direction], reverse=direction == 1, grad_z=grad_z,
-                y_out=None if y is None else y.transpose(1, 2))
-            grad_dt = _weight_times(dt_proj_weight[direction].t(), grad_delta)  # (batch, rank, L)
-            grad_x_dbl = torch.cat([grad_dt, grad_B.transpose(1, 2), grad_C.transpose(1, 2)], dim=1)
-            grads["dt_proj"].append(_weight_gradient(grad_delta, dt))
-            grads["x_proj"].append(_weight_gradient(grad_x_dbl, xc))
-            grad_u.baddbmm_(x_proj_weight[direction].t().expand(batch, -1, -1), grad_x_dbl)
-            grad_xc.append(grad_u)
-            for name, grad in (("dt_bias", grad_bias), ("A", grad_A), ("D", grad_D)):
-                grads[name].append(grad)
-            del dt, B_rows, C_rows, delta, grad_delta, grad_B, grad_C, grad_dt, grad_x_dbl  # before the next direction
-        grad_conv_weight, grad_conv_bias = _conv_silu_backward(x, conv_weight, conv_bias, *grad_xc, grad_x)
-        if out_proj_weight is None:
-            grad_out_proj = A.new_empty(0)
-        else:
-            grad_out_proj = grad_out.reshape(-1, grad_out.shape[-1]).t() @ y.reshape(-1, width // 2)
-        stacked = [torch.stack(grads[name]) for name in ("x_proj", "dt_proj", "dt_bias", "A", "D")]
-        return (grad_xz.to(xz.dtype), grad_conv_weight, grad_conv_bias, *stacked, grad_out_proj)
+def _bidirectional_mixer_fwd_fake(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
+                                  out_proj_weight):
+    batch, length, width = xz.shape
+    out = xz.new_empty(batch, length, _output_width(xz, out_proj_weight))
+    return out, A.new_empty(2, batch, width // 2, _chunks(length), A.shape[2])
 
-    @bidirectional_mixer_bwd.register_fake
-    def _(grad_out, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, out_proj_weight,
-          checkpoints):
-        return (torch.empty_like(xz, memory_format=torch.contiguous_format), torch.empty_like(conv_weight),
-                torch.empty_like(conv_bias), torch.empty_like(x_proj_weight), torch.empty_like(dt_proj_weight),
-                torch.empty_like(dt_proj_bias), torch.empty_like(A), torch.empty_like(D),
-                torch.empty_like(out_proj_weight) if out_proj_weight is not None else A.new_empty(0))
 
-    def _setup_context(ctx, inputs, output):
-        ctx.has_out_proj = inputs[-1] is not None
-        ctx.save_for_backward(*inputs, output[1])
+def _bidirectional_mixer_bwd(
+    grad_out: torch.Tensor,
+    xz: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor,
+    x_proj_weight: torch.Tensor,
+    dt_proj_weight: torch.Tensor,
+    dt_proj_bias: torch.Tensor,
+    A: torch.Tensor,
+    D: torch.Tensor,
+    out_proj_weight: torch.Tensor | None,
+    checkpoints: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor, torch.Tensor]:
+    """Gradients for (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
+    out_proj_weight), each in its input's shape; without out_proj_weight its gradient is an empty tensor."""
+    with _no_autocast(xz):
+        return _backward_impl(grad_out, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
+                              A, D, out_proj_weight, checkpoints)
 
-    def _backward(ctx, grad_out, _grad_checkpoints):
-        *inputs, checkpoints = ctx.saved_tensors
-        grads = torch.ops.stretchysnake.bidirectional_mixer_bwd(grad_out, *inputs, checkpoints)
-        return (*grads[:-1], grads[-1] if ctx.has_out_proj else None)
 
-    bidirectional_mixer_fwd.register_autograd(_backward, setup_context=_setup_context)
+def _backward_impl(grad_out, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
+                   out_proj_weight, checkpoints):
+    batch, length, width = xz.shape
+    rank, n_state = dt_proj_weight.shape[2], A.shape[2]
+    grad_out = grad_out.to(A.dtype).contiguous()
+    grad_y = grad_out if out_proj_weight is None else torch.matmul(grad_out, out_proj_weight)  # (batch, L, d)
+    x, z = _split(xz.to(A.dtype))
+    grad_xz = torch.empty_like(xz, dtype=A.dtype, memory_format=torch.contiguous_format)
+    grad_x, grad_z = _split(grad_xz)
+    grad_z.zero_()  # both directions add their part
+    y = None if out_proj_weight is None else A.new_zeros(batch, length, width // 2)  # recomputed, for out_proj
+    grads = {name: [] for name in ("x_proj", "dt_proj", "dt_bias", "A", "D")}
+    grad_xc = []
+    xcs = _conv_silu(x, conv_weight, conv_bias)
+    for direction, xc in enumerate(xcs):
+        dt, B_rows, C_rows, delta = _direction_inputs(xc, x_proj_weight[direction], dt_proj_weight[direction],
+                                                      rank, n_state)
+        grad_u, grad_delta, grad_A, grad_D, grad_bias, grad_B, grad_C = _scan_backward(
+            grad_y.transpose(1, 2), xc, delta, A[direction], B_rows, C_rows, D[direction], z,
+            dt_proj_bias[direction], checkpoints[direction], reverse=direction == 1, grad_z=grad_z,
+            y_out=None if y is None else y.transpose(1, 2))
+        grad_dt = _weight_times(dt_proj_weight[direction].t(), grad_delta)  # (batch, rank, L)
+        grad_x_dbl = torch.cat([grad_dt, grad_B.transpose(1, 2), grad_C.transpose(1, 2)], dim=1)
+        grads["dt_proj"].append(_weight_gradient(grad_delta, dt))
+        grads["x_proj"].append(_weight_gradient(grad_x_dbl, xc))
+        grad_u.baddbmm_(x_proj_weight[direction].t().expand(batch, -1, -1), grad_x_dbl)
+        grad_xc.append(grad_u)
+        for name, grad in (("dt_bias", grad_bias), ("A", grad_A), ("D", grad_D)):
+            grads[name].append(grad)
+        del dt, B_rows, C_rows, delta, grad_delta, grad_B, grad_C, grad_dt, grad_x_dbl  # before the next direction
+    grad_conv_weight, grad_conv_bias = _conv_silu_backward(x, conv_weight, conv_bias, *grad_xc, grad_x)
+    if out_proj_weight is None:
+        grad_out_proj = A.new_empty(0)
+    else:
+        grad_out_proj = grad_out.reshape(-1, grad_out.shape[-1]).t() @ y.reshape(-1, width // 2)
+    stacked = [torch.stack(grads[name]) for name in ("x_proj", "dt_proj", "dt_bias", "A", "D")]
+    return (grad_xz.to(xz.dtype), grad_conv_weight, grad_conv_bias, *stacked, grad_out_proj)
+
+
+def _bidirectional_mixer_bwd_fake(grad_out, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
+                                  A, D, out_proj_weight, checkpoints):
+    return (torch.empty_like(xz, memory_format=torch.contiguous_format), torch.empty_like(conv_weight),
+            torch.empty_like(conv_bias), torch.empty_like(x_proj_weight), torch.empty_like(dt_proj_weight),
+            torch.empty_like(dt_proj_bias), torch.empty_like(A), torch.empty_like(D),
+            torch.empty_like(out_proj_weight) if out_proj_weight is not None else A.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.has_out_proj = inputs[-1] is not None
+    ctx.save_for_backward(*inputs, output[1])
+
+
+def _backward(ctx, grad_out, _grad_checkpoints):
+    *inputs, checkpoints = ctx.saved_tensors
+    grads = torch.ops.stretchysnake.bidirectional_mixer_bwd(grad_out, *inputs, checkpoints)
+    return (*grads[:-1], grads[-1] if ctx.has_out_proj else None)
+
+
+register_differentiable_op("bidirectional_mixer", _bidirectional_mixer_fwd, _bidirectional_mixer_fwd_fake,
+                           _bidirectional_mixer_bwd, _bidirectional_mixer_bwd_fake, _setup_context, _backward)
 
 
 def bidirectional_mixer_fused(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,

@@ -8,6 +8,8 @@ from transformers import PretrainedConfig
 
 KERNEL_RESIZE_MODES = ("bicubic", "pi")
 SCALE_MODES = ("static_tokens", "static_patches")
+BASE_IMAGE_SIZE, BASE_PATCH_SIZE = 224, 16  # VideoMamba's: a 14 x 14 base token grid
+BASE_GRID_SIZE = BASE_IMAGE_SIZE // BASE_PATCH_SIZE
 POOLING_MODES = ("cls", "mean")
 CLS_POSITIONS = ("start", "ends")
 POSITION_EMBEDDING_INITS = ("trunc_normal", "sincos")
@@ -19,6 +21,12 @@ STRETCHYSNAKE_PRESETS = {
     "small": {"hidden_size": 384, "num_hidden_layers": 24},
     "middle": {"hidden_size": 576, "num_hidden_layers": 32},
 }
+
+
+def static_tokens_patch_size(height: int, width: int, grid: int) -> int:
+    """static_tokens' patch: ceil(shorter side / grid), so the shorter side gets `grid` tokens when it is a multiple
+    of it and at most that otherwise (e.g. 392 px with a 14-grid: patch 28)."""
+    return math.ceil(min(height, width) / grid)
 
 
 class StretchySnakeConfig(PretrainedConfig):
@@ -90,8 +98,8 @@ class StretchySnakeConfig(PretrainedConfig):
         time_step_min: float = 0.001,
         time_step_max: float = 0.1,
         time_step_floor: float = 1e-4,
-        image_size: int = 224,
-        patch_size: int = 16,
+        image_size: int = BASE_IMAGE_SIZE,
+        patch_size: int = BASE_PATCH_SIZE,
         num_frames: int = 8,
         num_channels: int = 3,
         drop_path_rate: float = 0.1,
@@ -163,6 +171,14 @@ class StretchySnakeConfig(PretrainedConfig):
     def grid_size(self) -> int:
         """Side of the base token grid (14 for 224 px and patch 16)."""
         return self.image_size // self.patch_size
+
+    def patch_size_for(self, height: int, width: int) -> int:
+        """The patch size of a call at height x width under `scale_mode`, the one home of the rule (the model,
+        the scale samplers and the recipes use it): static_patches keeps `patch_size`; static_tokens gives the
+        shorter side the base grid (`static_tokens_patch_size`)."""
+        if self.scale_mode == "static_patches":
+            return self.patch_size
+        return static_tokens_patch_size(height, width, self.grid_size)
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "StretchySnakeConfig":

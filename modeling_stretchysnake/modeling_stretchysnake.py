@@ -7,7 +7,6 @@ gradients of all scales land on the same base weights.
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 
@@ -107,17 +106,10 @@ class StretchySnakeRMSNorm(nn.Module):
 
 
 def resolve_patch_size(config: StretchySnakeConfig, height: int, width: int, patch_size: int | None = None) -> int:
-    """The patch size a call uses: explicit, else from `config.scale_mode`.
-
-    static_tokens: ceil(shorter side / base grid), so the shorter side gets the base grid (14 for 224 / 16) when it
-    is a multiple of it and at most that otherwise; static_patches: `config.patch_size`. Frames whose sides the
-    patch does not divide are zero-padded at the bottom and right (see `padded_grid`).
-    """
+    """The patch size a call uses: explicit, else `config.patch_size_for(height, width)` (its scale_mode's rule).
+    Frames whose sides the patch does not divide are zero-padded at the bottom and right (see `padded_grid`)."""
     if patch_size is None:
-        if config.scale_mode == "static_patches":
-            patch_size = config.patch_size
-        else:
-            patch_size = math.ceil(min(height, width) / config.grid_size)
+        patch_size = config.patch_size_for(height, width)
     if int(patch_size) != patch_size or patch_size < 1:
         raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
     return int(patch_size)
@@ -337,26 +329,6 @@ class StretchySnakePreTrainedModel(PreTrainedModel):
 
                 self.config.custom_pipelines = CUSTOM_PIPELINES
         return super().save_pretrained(save_directory, *args, **kwargs)
-
-    @classmethod
-    def from_videomamba(cls, repo_id: str, filename: str, revision: str | None = None, *,
-                        token: str | bool | None = None, force_download: bool = False, **kwargs):
-        """An official VideoMamba checkpoint from the Hugging Face Hub, converted, e.g.
-        ``StretchySnakeForVideoClassification.from_videomamba("OpenGVLab/VideoMamba",
-        "videomamba_m16_k400_f16_res224.pth")`` (Kinetics-400 class names included);
-        ``StretchySnakeModel.from_videomamba(...)`` gives the backbone alone.
-
-        The file is downloaded with ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, `token`)
-        and converted once into ``$STRETCHYSNAKE_CACHE/videomamba`` (with its video processor); later calls load
-        that folder without any request. `force_download` fetches and converts again. Other keyword arguments go
-        to ``from_pretrained`` (e.g. ``num_labels=101, ignore_mismatched_sizes=True`` for a new head).
-        """
-        # imported by name: a trust_remote_code copy of this file has no converter, and transformers copies the
-        # files that relative `from .x import` lines name
-        pretrained = importlib.import_module(".pretrained", __package__)
-        folder = pretrained.pretrained_folder(pretrained.HubCheckpoint(repo_id, filename, revision), token=token,
-                                              force_download=force_download)
-        return cls.from_pretrained(folder, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):

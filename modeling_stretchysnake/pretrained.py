@@ -10,6 +10,9 @@ heads, the video processor) is cached under ``$STRETCHYSNAKE_CACHE/videomamba`` 
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -17,8 +20,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .convert_videomamba_checkpoint import ConversionError, NotACheckpointError, convert_checkpoint
-from .labels import detect_label_set, label_names
+from .configuration_stretchysnake import KERNEL_RESIZE_MODES, SCALE_MODES
+from .convert_videomamba_checkpoint import (
+    ConversionError,
+    NotACheckpointError,
+    convert_checkpoint,
+    name_detected_labels,
+    save_with_processor,
+)
+from .labels import label_names
 
 logger = logging.getLogger(__name__)
 
@@ -116,28 +126,6 @@ def _cache_checksum(path: Path) -> str:
     return f"SHA256 {digest.hexdigest()}"
 
 
-def name_detected_labels(model, filename: str) -> str | None:
-    """Give a converted K400 or SSv2 head its class names (recognised from its size and the file name); returns
-    the label set's name, or None (the config keeps LABEL_0 ...)."""
-    num_labels = model.config.num_labels if model.config.num_labels > 0 else None
-    label_set = detect_label_set(num_labels, filename)
-    if label_set is not None:
-        id2label = dict(enumerate(label_names(label_set)))
-        model.config.id2label = id2label
-        model.config.label2id = {name: index for index, name in id2label.items()}
-        logger.info("%s: %d-class head, label names of %s", filename, num_labels, label_set)
-    return label_set
-
-
-def save_with_processor(model, output_dir: str | Path) -> None:
-    """save_pretrained plus the video processor at the model's base frames and resolution, so pipeline() works."""
-    from .video_processing_stretchysnake import StretchySnakeVideoProcessor
-
-    model.save_pretrained(output_dir)
-    StretchySnakeVideoProcessor(num_frames=model.config.num_frames,
-                                resolution=model.config.image_size).save_pretrained(output_dir)
-
-
 def cache_root() -> Path:
     return Path(os.environ.get("STRETCHYSNAKE_CACHE", Path.home() / ".cache" / "stretchysnake")) / "videomamba"
 
@@ -201,6 +189,23 @@ def resolve_model_reference(reference: str, token: str | bool | None = None) -> 
     return str(pretrained_folder(checkpoint, token=token)) if checkpoint is not None else reference
 
 
+def from_videomamba(model_class, repo_id: str, filename: str, revision: str | None = None, *,
+                    token: str | bool | None = None, force_download: bool = False, **kwargs):
+    """An official VideoMamba checkpoint from the Hugging Face Hub, converted, e.g.
+    ``StretchySnakeForVideoClassification.from_videomamba("OpenGVLab/VideoMamba",
+    "videomamba_m16_k400_f16_res224.pth")`` (Kinetics-400 class names included);
+    ``StretchySnakeModel.from_videomamba(...)`` gives the backbone alone. (The package attaches this function to
+    the model classes as a classmethod: the model files do not import the converter.)
+
+    The file is downloaded with ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, `token`)
+    and converted once into ``$STRETCHYSNAKE_CACHE/videomamba`` (with its video processor); later calls load
+    that folder without any request. `force_download` fetches and converts again. Other keyword arguments go
+    to ``from_pretrained`` (e.g. ``num_labels=101, ignore_mismatched_sizes=True`` for a new head).
+    """
+    folder = pretrained_folder(HubCheckpoint(repo_id, filename, revision), token=token, force_download=force_download)
+    return model_class.from_pretrained(folder, **kwargs)
+
+
 def load_model(model_class, reference: str, **kwargs):
     """``model_class.from_pretrained`` on a model reference (see `resolve_model_reference`), with an error that
     names the reference when nothing loads from it."""
@@ -212,5 +217,73 @@ def load_model(model_class, reference: str, **kwargs):
                       f"OWNER/REPO/FILE.pth checkpoint the Hub has): {error}") from error
 
 
-__all__ = ["HubCheckpoint", "convert_hub_file", "load_model", "parse_hub_checkpoint", "pretrained_folder", "resolve_model_reference",
-           "save_with_processor"]
+def convert_main(argv: list[str] | None = None) -> None:
+    """The command line: convert, or raise an error whose message is the one line `cli` prints."""
+    from . import convert_videomamba_checkpoint as converter
+    from .labels import LABEL_SETS
+
+    parser = argparse.ArgumentParser(prog="stretchysnake-convert-videomamba", description=converter.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="official VideoMamba .pth file: a local path, or a Hub checkpoint "
+                                           "OWNER/REPO/FILE[@REVISION], e.g. "
+                                           "OpenGVLab/VideoMamba/videomamba_m16_k400_f16_res224.pth")
+    parser.add_argument("output_dir", help="folder to write the Hugging Face model (and its video processor) to")
+    parser.add_argument("--revision", help="Hub revision (branch, tag or commit); same as @REVISION")
+    parser.add_argument("--token", help="Hub token (default: the one huggingface_hub finds, if any)")
+    parser.add_argument("--force-download", action="store_true", help="download again even if cached")
+    parser.add_argument("--num-labels", type=int, help="start a new head with this many classes")
+    parser.add_argument("--labels", help="class names: a JSON file (a list, or an {index: name} map) or a label set "
+                                         f"shipped with the package ({', '.join(LABEL_SETS)}); default: detected "
+                                         "for Kinetics-400 and Something-Something V2 heads")
+    parser.add_argument("--kernel-resize-mode", choices=KERNEL_RESIZE_MODES)
+    parser.add_argument("--scale-mode", choices=SCALE_MODES)
+    args = parser.parse_args(argv)
+    # This package's progress on a handler of its own; huggingface_hub prints its warnings (retries) through its own
+    # handler, so nothing goes to the root logger, where they would print a second time.
+    package_logger = logging.getLogger(__package__)
+    if not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    package_logger.propagate = False
+
+    overrides = {}
+    if args.labels:
+        labels = label_names(args.labels) if args.labels in LABEL_SETS else json.loads(Path(args.labels).read_text())
+        id2label = dict(enumerate(labels)) if isinstance(labels, list) else {int(k): v for k, v in labels.items()}
+        overrides.update(id2label=id2label, num_labels=len(id2label))
+    if args.num_labels is not None:
+        overrides["num_labels"] = args.num_labels
+    for name in ("kernel_resize_mode", "scale_mode"):
+        if getattr(args, name):
+            overrides[name] = getattr(args, name)
+    hub = parse_hub_checkpoint(args.checkpoint)
+    if hub is None:
+        model = convert_checkpoint(args.checkpoint, **overrides)
+    else:
+        if args.revision:
+            hub = dataclasses.replace(hub, revision=args.revision)
+        path = download(hub, token=args.token, force_download=args.force_download)
+        model = convert_hub_file(hub, path, **overrides)
+    if not ({"id2label", "num_labels"} & set(overrides)):
+        name_detected_labels(model, str(args.checkpoint))
+    save_with_processor(model, args.output_dir)
+    config = model.config
+    print(
+        f"saved {args.output_dir}: hidden {config.hidden_size} x {config.num_hidden_layers} layers, "
+        f"{config.num_frames} base frames, {config.image_size} px, {config.num_labels} labels"
+        + (f" ({config.id2label[0]}, ...)" if config.num_labels and not config.id2label[0].startswith("LABEL_")
+           else "")
+    )
+
+
+def convert_cli() -> None:
+    """`stretchysnake-convert-videomamba`: any error is one line on stderr and exit status 1 (--debug: traceback)."""
+    from .cli import run_cli
+
+    run_cli(convert_main)
+
+
+__all__ = ["HubCheckpoint", "convert_cli", "convert_hub_file", "from_videomamba", "load_model", "parse_hub_checkpoint",
+           "pretrained_folder", "resolve_model_reference", "save_with_processor"]

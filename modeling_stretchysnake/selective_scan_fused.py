@@ -17,6 +17,9 @@ from types import SimpleNamespace
 
 import torch
 
+from . import custom_ops
+from .custom_ops import register_differentiable_op
+
 CHECKPOINT_EVERY = 128  # at most this many steps between the states forward saves for backward
 GRADIENT_TASKS = 32  # CPU backward: about this many (batch, channel group) tasks, at most 16 groups per batch item
 
@@ -31,6 +34,8 @@ def gradient_groups(batch: int, d_inner: int) -> int:
 # The kernels are imported on first use, in the `from .module import` form: transformers copies the files that
 # form names into a saved model folder, so trust_remote_code users get the kernels too.
 @functools.cache
+
+
 def numba_kernels():
     """The numba kernels (compiled on first call, not here); raises ImportError without numba."""
     from .selective_scan_numba import conv_silu_backward, conv_silu_forward, scan_backward, scan_forward
@@ -40,6 +45,8 @@ def numba_kernels():
 
 
 @functools.cache
+
+
 def triton_kernels():
     """The Triton kernels' launchers; raises ImportError without triton."""
     from .selective_scan_triton import scan_backward, scan_forward
@@ -88,140 +95,127 @@ def _numpy_or_empty(x: torch.Tensor | None, like: torch.Tensor, dims: int):
                   else x.to(like.dtype))
 
 
-_FORWARD = "stretchysnake::selective_scan_fwd"
-_BACKWARD = "stretchysnake::selective_scan_bwd"
-
-
-def _defined(qualified_name: str) -> bool:
-    # The same code may be imported twice in one process (the package and a trust_remote_code copy): the ops are
-    # registered once and shared, they compute the same function.
-    namespace, name = qualified_name.split("::")
-    return hasattr(getattr(torch.ops, namespace), name)
-
-
-if not _defined(_FORWARD):
-
-    @torch.library.custom_op(_FORWARD, mutates_args=(), device_types=("cpu", "cuda"))
-    def selective_scan_fwd(
-        u: torch.Tensor,
-        delta: torch.Tensor,
-        A: torch.Tensor,
-        B: torch.Tensor,
-        C: torch.Tensor,
-        D: torch.Tensor | None,
-        z: torch.Tensor | None,
-        delta_bias: torch.Tensor | None,
-        delta_softplus: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns y (batch, d_inner, L) in u's dtype and the saved states (batch, d_inner, chunks, N)."""
-        batch, d_inner, length = u.shape
-        state_dtype = _state_dtype(u)
-        checkpoints = u.new_empty(batch, d_inner, _checkpoint_count(length), A.shape[1], dtype=state_dtype)
-        B_rows, C_rows = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (batch, L, N)
-        if u.device.type == "cuda":
-            out = triton_kernels().scan_forward(u, delta, A, B_rows, C_rows, D, z, delta_bias, delta_softplus,
-                                                checkpoints)
-            return out.to(u.dtype), checkpoints
-        kernels = numba_kernels()
-        cast = [_numpy(x.to(state_dtype)) for x in (u, delta, A.contiguous(), B_rows, C_rows)]
-        optional = [_numpy_or_empty(x, checkpoints, dims) for x, dims in ((D, 1), (z, 3), (delta_bias, 1))]
-        out = u.new_empty(batch, d_inner, length, dtype=state_dtype)
-        kernels.scan_forward(*cast, *optional, delta_softplus, D is not None, z is not None, delta_bias is not None,
-                             False, False, out.numpy(), checkpoints.numpy())
+def _selective_scan_fwd(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns y (batch, d_inner, L) in u's dtype and the saved states (batch, d_inner, chunks, N)."""
+    batch, d_inner, length = u.shape
+    state_dtype = _state_dtype(u)
+    checkpoints = u.new_empty(batch, d_inner, _checkpoint_count(length), A.shape[1], dtype=state_dtype)
+    B_rows, C_rows = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (batch, L, N)
+    if not custom_ops.uses_numba(u):
+        out = triton_kernels().scan_forward(u, delta, A, B_rows, C_rows, D, z, delta_bias, delta_softplus,
+                                            checkpoints)
         return out.to(u.dtype), checkpoints
+    kernels = numba_kernels()
+    cast = [_numpy(x.to(state_dtype)) for x in (u, delta, A.contiguous(), B_rows, C_rows)]
+    optional = [_numpy_or_empty(x, checkpoints, dims) for x, dims in ((D, 1), (z, 3), (delta_bias, 1))]
+    out = u.new_empty(batch, d_inner, length, dtype=state_dtype)
+    kernels.scan_forward(*cast, *optional, delta_softplus, D is not None, z is not None, delta_bias is not None,
+                         False, False, out.numpy(), checkpoints.numpy())
+    return out.to(u.dtype), checkpoints
 
-    @selective_scan_fwd.register_fake
-    def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        batch, d_inner, length = u.shape
-        checkpoints = u.new_empty(batch, d_inner, _checkpoint_count(length), A.shape[1], dtype=_state_dtype(u))
-        return torch.empty_like(u, memory_format=torch.contiguous_format), checkpoints
+
+def _selective_scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    batch, d_inner, length = u.shape
+    checkpoints = u.new_empty(batch, d_inner, _checkpoint_count(length), A.shape[1], dtype=_state_dtype(u))
+    return torch.empty_like(u, memory_format=torch.contiguous_format), checkpoints
 
 
-if not _defined(_BACKWARD):
+def _selective_scan_bwd(
+    grad_out: torch.Tensor,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    checkpoints: torch.Tensor,
+    delta_softplus: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    """Gradients for (u, delta, A, B, C, D, z, delta_bias), each in its input's shape and dtype; an absent
+    optional input gets an empty tensor."""
+    batch, d_inner, length = u.shape
+    n_state = A.shape[1]
+    B_rows, C_rows = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (batch, L, N)
+    if not custom_ops.uses_numba(u):
+        grads = triton_kernels().scan_backward(grad_out, u, delta, A, B_rows, C_rows, D, z, delta_bias,
+                                               checkpoints, delta_softplus)
+    else:
+        kernels = numba_kernels()
+        dtype = checkpoints.dtype
+        groups = gradient_groups(batch, d_inner)
+        new = functools.partial(torch.empty, dtype=dtype)
+        grads = (new(batch, d_inner, length), new(batch, d_inner, length),
+                 torch.zeros(batch, d_inner, length, dtype=dtype) if z is not None else new(0, 0, 0),
+                 new(batch, d_inner, n_state), new(batch, d_inner), new(batch, d_inner),
+                 torch.empty(batch, groups, length, n_state, dtype=dtype),
+                 torch.empty(batch, groups, length, n_state, dtype=dtype))
+        inputs = [_numpy(x.to(dtype)) for x in (grad_out, u, delta, A.contiguous(), B_rows, C_rows)]
+        optional = [_numpy_or_empty(x, checkpoints, dims) for x, dims in ((D, 1), (z, 3), (delta_bias, 1))]
+        kernels.scan_backward(*inputs, *optional, checkpoints.numpy(), delta_softplus, D is not None,
+                              z is not None, delta_bias is not None, False, False, *(g.numpy() for g in grads),
+                              new(0, 0, 0).numpy())
+    grad_u, grad_delta, grad_z, grad_A, grad_D, grad_bias, grad_B, grad_C = grads
+    return (
+        grad_u.to(u.dtype),
+        grad_delta.to(delta.dtype),
+        grad_A.sum(0).to(A.dtype),
+        grad_B.sum(1).transpose(1, 2).to(B.dtype),  # (batch, N, L)
+        grad_C.sum(1).transpose(1, 2).to(C.dtype),
+        grad_D.sum(0).to(D.dtype) if D is not None else u.new_empty(0),  # outputs may not alias: one each
+        grad_z.to(z.dtype) if z is not None else u.new_empty(0),
+        grad_bias.sum(0).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0),
+    )
 
-    @torch.library.custom_op(_BACKWARD, mutates_args=(), device_types=("cpu", "cuda"))
-    def selective_scan_bwd(
-        grad_out: torch.Tensor,
-        u: torch.Tensor,
-        delta: torch.Tensor,
-        A: torch.Tensor,
-        B: torch.Tensor,
-        C: torch.Tensor,
-        D: torch.Tensor | None,
-        z: torch.Tensor | None,
-        delta_bias: torch.Tensor | None,
-        checkpoints: torch.Tensor,
-        delta_softplus: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-               torch.Tensor]:
-        """Gradients for (u, delta, A, B, C, D, z, delta_bias), each in its input's shape and dtype; an absent
-        optional input gets an empty tensor."""
-        batch, d_inner, length = u.shape
-        n_state = A.shape[1]
-        B_rows, C_rows = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (batch, L, N)
-        if u.device.type == "cuda":
-            grads = triton_kernels().scan_backward(grad_out, u, delta, A, B_rows, C_rows, D, z, delta_bias,
-                                                   checkpoints, delta_softplus)
-        else:
-            kernels = numba_kernels()
-            dtype = checkpoints.dtype
-            groups = gradient_groups(batch, d_inner)
-            new = functools.partial(torch.empty, dtype=dtype)
-            grads = (new(batch, d_inner, length), new(batch, d_inner, length),
-                     torch.zeros(batch, d_inner, length, dtype=dtype) if z is not None else new(0, 0, 0),
-                     new(batch, d_inner, n_state), new(batch, d_inner), new(batch, d_inner),
-                     torch.empty(batch, groups, length, n_state, dtype=dtype),
-                     torch.empty(batch, groups, length, n_state, dtype=dtype))
-            inputs = [_numpy(x.to(dtype)) for x in (grad_out, u, delta, A.contiguous(), B_rows, C_rows)]
-            optional = [_numpy_or_empty(x, checkpoints, dims) for x, dims in ((D, 1), (z, 3), (delta_bias, 1))]
-            kernels.scan_backward(*inputs, *optional, checkpoints.numpy(), delta_softplus, D is not None,
-                                  z is not None, delta_bias is not None, False, False, *(g.numpy() for g in grads),
-                                  new(0, 0, 0).numpy())
-        grad_u, grad_delta, grad_z, grad_A, grad_D, grad_bias, grad_B, grad_C = grads
-        return (
-            grad_u.to(u.dtype),
-            grad_delta.to(delta.dtype),
-            grad_A.sum(0).to(A.dtype),
-            grad_B.sum(1).transpose(1, 2).to(B.dtype),  # (batch, N, L)
-            grad_C.sum(1).transpose(1, 2).to(C.dtype),
-            grad_D.sum(0).to(D.dtype) if D is not None else u.new_empty(0),  # outputs may not alias: one each
-            grad_z.to(z.dtype) if z is not None else u.new_empty(0),
-            grad_bias.sum(0).to(delta_bias.dtype) if delta_bias is not None else u.new_empty(0),
-        )
 
-    @selective_scan_bwd.register_fake
-    def _(grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, delta_softplus):
-        def like_bnl(x):  # the (batch, N, L) view of (batch, L, N) memory the real kernel returns
-            return x.new_empty(x.shape[0], x.shape[2], x.shape[1]).transpose(1, 2)
+def _selective_scan_bwd_fake(grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, delta_softplus):
+    def like_bnl(x):  # the (batch, N, L) view of (batch, L, N) memory the real kernel returns
+        return x.new_empty(x.shape[0], x.shape[2], x.shape[1]).transpose(1, 2)
 
-        return (
-            torch.empty_like(u, memory_format=torch.contiguous_format),
-            torch.empty_like(delta, memory_format=torch.contiguous_format),
-            torch.empty_like(A, memory_format=torch.contiguous_format),
-            like_bnl(B),
-            like_bnl(C),
-            torch.empty_like(D) if D is not None else u.new_empty(0),
-            torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else u.new_empty(0),
-            torch.empty_like(delta_bias) if delta_bias is not None else u.new_empty(0),
-        )
+    return (
+        torch.empty_like(u, memory_format=torch.contiguous_format),
+        torch.empty_like(delta, memory_format=torch.contiguous_format),
+        torch.empty_like(A, memory_format=torch.contiguous_format),
+        like_bnl(B),
+        like_bnl(C),
+        torch.empty_like(D) if D is not None else u.new_empty(0),
+        torch.empty_like(z, memory_format=torch.contiguous_format) if z is not None else u.new_empty(0),
+        torch.empty_like(delta_bias) if delta_bias is not None else u.new_empty(0),
+    )
 
-    def _setup_context(ctx, inputs, output):
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
-        ctx.optional = (D is not None, z is not None, delta_bias is not None)
-        ctx.delta_softplus = delta_softplus
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1])
 
-    def _backward(ctx, grad_out, _grad_checkpoints):
-        u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
-        grads = torch.ops.stretchysnake.selective_scan_bwd(
-            grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, ctx.delta_softplus
-        )
-        grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias = grads
-        has_D, has_z, has_bias = ctx.optional
-        return (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D if has_D else None, grad_z if has_z else None,
-                grad_bias if has_bias else None, None)
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
+    ctx.optional = (D is not None, z is not None, delta_bias is not None)
+    ctx.delta_softplus = delta_softplus
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1])
 
-    selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+def _backward(ctx, grad_out, _grad_checkpoints):
+    u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
+    grads = torch.ops.stretchysnake.selective_scan_bwd(
+        grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, ctx.delta_softplus
+    )
+    grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias = grads
+    has_D, has_z, has_bias = ctx.optional
+    return (grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D if has_D else None, grad_z if has_z else None,
+            grad_bias if has_bias else None, None)
+
+
+register_differentiable_op("selective_scan", _selective_scan_fwd, _selective_scan_fwd_fake, _selective_scan_bwd,
+                           _selective_scan_bwd_fake, _setup_context, _backward)
 
 
 def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):

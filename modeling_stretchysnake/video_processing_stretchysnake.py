@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers.image_processing_utils import BatchFeature
 from transformers.video_processing_utils import BaseVideoProcessor
 
-from .data import read_video, sample_frame_indices
+from .video_decoding import read_video, sample_frame_indices
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)

@@ -31,14 +31,16 @@ from transformers import TrainingArguments
 
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
 from modeling_stretchysnake.cli import run_cli
-from modeling_stretchysnake.data import VideoClipDataset, VideoDecodeError
+from modeling_stretchysnake.video_decoding import VideoDecodeError
+from modeling_stretchysnake.training.data import VideoClipDataset
+from modeling_stretchysnake.training.distributed import end_processes
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
 from modeling_stretchysnake.pretrained import load_model, resolve_model_reference
-from modeling_stretchysnake.probes import probe_scores
-from modeling_stretchysnake.compute_budget import cost_table, pareto_front, save_scale_accuracy
-from modeling_stretchysnake.reporting import format_table, plot_pareto, write_results
-from modeling_stretchysnake.scales import Scale, ScaleSampler
-from modeling_stretchysnake.trainer import StretchySnakeTrainer
+from modeling_stretchysnake.training.probes import probe_scores
+from modeling_stretchysnake.training.compute_budget import cost_table, pareto_front, save_scale_accuracy
+from modeling_stretchysnake.training.reporting import format_table, plot_pareto, write_results
+from modeling_stretchysnake.training.scales import Scale, ScaleSampler
+from modeling_stretchysnake.training.trainer import StretchySnakeTrainer
 
 
 def parse(argv=None):
@@ -98,11 +100,17 @@ def main(argv=None):
     except VideoDecodeError as error:
         raise SystemExit(f"evaluate_model.py: cannot evaluate {args.manifest} [{args.split}]: {error}") from None
     unreadable = trainer.unreadable_videos(test_set)
-    if not trainer.is_world_process_zero():
-        return results
+    if trainer.is_world_process_zero():
+        report(args, model, results, trainer.last_grid_metrics, len(test_set), unreadable)
+    end_processes(trainer.accelerator)
+    return results
+
+
+def report(args, model, results, grid_metrics, num_videos, unreadable) -> None:
+    """Print and write the grid (and the probes, the cost table and the Pareto front)."""
     paths = write_results(results, args.output_dir, title=f"{Path(args.model).name}: top-1 (%)",
-                          grid_metrics=trainer.last_grid_metrics)
-    print(f"\n{len(test_set)} videos of {args.manifest} [{args.split}], {args.clips} clip(s) x {args.crops} crop(s); "
+                          grid_metrics=grid_metrics)
+    print(f"\n{num_videos} videos of {args.manifest} [{args.split}], {args.clips} clip(s) x {args.crops} crop(s); "
           f"unreadable videos skipped: {len(unreadable)} distinct file(s) (all processes)"
           + (f": {unreadable}" if unreadable else "") + f"\nresults: {paths['csv']} (evaluate: {paths['evaluate']}), heatmap: {paths['png']}")
     for metric in ("top1", "mean_class_acc") + (("knn_top1", "linear_probe_top1") if args.probes else ()):
@@ -120,7 +128,6 @@ def main(argv=None):
         for row in sorted(table, key=lambda r: r.cost(args.cost)):
             print(f"  {'*' if row.scale in front else ' '} {row.scale.frames:>3} f x {row.scale.resolution:>4} px: "
                   f"{row.top1:5.1f}%  {row.cost(args.cost):9.3g} {unit}")
-    return results
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def main(argv=None):
     frames = processor.num_frames if args.frames is None else args.frames
     resolution = processor.resolution if args.resolution is None else args.resolution
     if budgeted:
-        from modeling_stretchysnake.compute_budget import explain, pick_scale
+        from modeling_stretchysnake.training.compute_budget import explain, pick_scale
 
         try:
             choice, table = pick_scale(model, args.model, args.budget_ms, args.budget_gflops, args.remeasure)

@@ -68,7 +68,7 @@ def model(config):
 @pytest.fixture(scope="module")
 def probe_manifest(tmp_path_factory):
     """20 training clips (5 classes x 4) of 6 frames at 32 px for the multi-process probe runs."""
-    from modeling_stretchysnake.synthetic_actions import generate_action_dataset
+    from modeling_stretchysnake.training.synthetic_actions import generate_action_dataset
 
     root = tmp_path_factory.mktemp("probe_data")
     generate_action_dataset(root, {"train": 4, "test": 1}, num_frames=6, size=32)

@@ -257,8 +257,8 @@ def test_fused_mixer_triton_path_under_the_interpreter():
         """
         import sys, torch
         sys.path.insert(0, "tests")
-        from modeling_stretchysnake import bidirectional_mixer
-        bidirectional_mixer._uses_numba = lambda tensor: False
+        from modeling_stretchysnake import custom_ops
+        custom_ops.uses_numba = lambda tensor: False
         from test_bidirectional_mixer import (assert_close_relative, outputs_and_gradients, random_mixer,
                                               unfused_copy)
         for length in (1, 33, 150):

@@ -14,8 +14,8 @@ from modeling_stretchysnake.convert_videomamba_checkpoint import (
     NotACheckpointError,
     convert_checkpoint,
     load_official_state_dict,
-    main,
 )
+from modeling_stretchysnake.pretrained import convert_main
 
 
 def official_tiny_state_dict(num_frames=8, num_classes=400, depth=24, dim=192, n=16, seed=0):
@@ -183,7 +183,7 @@ def test_command_line(official, tmp_path, capsys):
     torch.save(official, tmp_path / "ckpt.pth")
     labels = tmp_path / "labels.json"
     labels.write_text('["a", "b", "c"]')
-    main([str(tmp_path / "ckpt.pth"), str(tmp_path / "out"), "--labels", str(labels)])
+    convert_main([str(tmp_path / "ckpt.pth"), str(tmp_path / "out"), "--labels", str(labels)])
     assert "3 labels" in capsys.readouterr().out
     model = AutoModelForVideoClassification.from_pretrained(tmp_path / "out")
     assert model.config.id2label == {0: "a", 1: "b", 2: "c"}

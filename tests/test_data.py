@@ -4,18 +4,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modeling_stretchysnake.data import (
+from modeling_stretchysnake.training.data import (
     ClipView,
     FixedScaleBatchSampler,
     MultiScaleBatchSampler,
     VideoClipDataset,
-    VideoDecodeError,
     collate_clips,
-    read_video,
-    sample_frame_indices,
 )
-from modeling_stretchysnake.scales import Scale, ScaleSampler
-from modeling_stretchysnake.synthetic_actions import ACTIONS, generate_action_dataset, render_action, write_video
+from modeling_stretchysnake.training.scales import Scale, ScaleSampler
+from modeling_stretchysnake.training.synthetic_actions import ACTIONS, generate_action_dataset, render_action, write_video
+from modeling_stretchysnake.video_decoding import VideoDecodeError, read_video, sample_frame_indices
 from modeling_stretchysnake.video_processing_stretchysnake import StretchySnakeVideoProcessor
 
 try:
@@ -193,7 +191,7 @@ def test_frame_sampling_rate_takes_frames_that_far_apart_from_the_start():
 
 
 def test_load_or_generate_renders_once_per_setting(tmp_path):
-    from modeling_stretchysnake.synthetic_actions import load_or_generate
+    from modeling_stretchysnake.training.synthetic_actions import load_or_generate
 
     counts = {"train": 1, "test": 1}
     first = load_or_generate(tmp_path, counts, task="clear", num_frames=4, size=32)
@@ -207,7 +205,7 @@ def test_load_or_generate_renders_once_per_setting(tmp_path):
 
 
 def test_token_budget_batches_follow_the_scale_and_ranks_agree():
-    from modeling_stretchysnake.data import clips_per_step
+    from modeling_stretchysnake.training.data import clips_per_step
 
     assert clips_per_step(Scale(8, 56, 14), 8) == 8  # no budget: the fixed batch
     assert [clips_per_step(Scale(f, 56, 14), 8, 1024) for f in (4, 8, 16)] == [16, 8, 4]  # 64, 128, 256 tokens
@@ -240,7 +238,7 @@ def test_token_budget_batches_follow_the_scale_and_ranks_agree():
 def test_auto_decoder_order_follows_the_request(monkeypatch, resize, first):
     """'auto' tries the decoder measured faster for the request first (bench/decoding.py) and falls back on the
     other."""
-    from modeling_stretchysnake import data
+    from modeling_stretchysnake import video_decoding as decoding
 
     calls = []
 
@@ -252,8 +250,8 @@ def test_auto_decoder_order_follows_the_request(monkeypatch, resize, first):
             return np.zeros((2, 8, 8, 3), dtype=np.uint8)
         return read
 
-    monkeypatch.setattr(data, "_decord_available", lambda: True)
-    monkeypatch.setattr(data, "_read_decord", recorder("decord", fail=first == "decord"))
-    monkeypatch.setattr(data, "_read_pyav", recorder("pyav", fail=first == "pyav"))
-    data.read_video("clip.mp4", 2, 8, resize)
+    monkeypatch.setattr(decoding, "_decord_available", lambda: True)
+    monkeypatch.setattr(decoding, "_read_decord", recorder("decord", fail=first == "decord"))
+    monkeypatch.setattr(decoding, "_read_pyav", recorder("pyav", fail=first == "pyav"))
+    decoding.read_video("clip.mp4", 2, 8, resize)
     assert calls == [first, {"decord": "pyav", "pyav": "decord"}[first]]

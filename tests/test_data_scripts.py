@@ -10,9 +10,9 @@ import pytest
 from datasets import load_from_disk
 
 from modeling_stretchysnake import StretchySnakeVideoProcessor
-from modeling_stretchysnake.data import VideoClipDataset
+from modeling_stretchysnake.training.data import VideoClipDataset
 from conftest import ROOT
-from modeling_stretchysnake.synthetic_actions import write_video
+from modeling_stretchysnake.training.synthetic_actions import write_video
 
 sys.path.insert(0, str(ROOT))
 from data_scripts import breakfast, coin, custom, diving48, hmdb51, ssv2, ucf101  # noqa: E402

@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 from conftest import ROOT, script_env
-from modeling_stretchysnake.synthetic_actions import load_or_generate
+from modeling_stretchysnake.training.synthetic_actions import load_or_generate
 
 # A forward and backward of a 2-layer model through the fused mixer (float32, CLS at both ends, 4 x 6 x 6 + 2
 # tokens, so the scans cross a checkpoint chunk); prints how numba got the kernels, saves the logits and gradients.

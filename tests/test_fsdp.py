@@ -15,7 +15,7 @@ import torch
 
 from conftest import PROBE, ROOT, probe_records, run_script
 from modeling_stretchysnake import StretchySnakeForVideoClassification
-from modeling_stretchysnake.synthetic_actions import generate_action_dataset
+from modeling_stretchysnake.training.synthetic_actions import generate_action_dataset
 
 FSDP_CONFIG = ROOT / "recipes" / "configs" / "accelerate" / "fsdp.yaml"
 

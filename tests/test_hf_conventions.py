@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from conftest import ROOT, small_config
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
-from modeling_stretchysnake.synthetic_actions import write_video
+from modeling_stretchysnake.training.synthetic_actions import write_video
 
 REPO_ID = "stretchysnake-tests/tiny-actions"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -13,11 +13,11 @@ from transformers import TrainingArguments
 
 from conftest import ROOT
 from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
-from modeling_stretchysnake.data import VideoClipDataset
-from modeling_stretchysnake.metrics import VIDEO_ACCURACY, load_video_accuracy
-from modeling_stretchysnake.scales import Scale, ScaleSampler
-from modeling_stretchysnake.synthetic_actions import generate_action_dataset
-from modeling_stretchysnake.trainer import StretchySnakeTrainer
+from modeling_stretchysnake.training.data import VideoClipDataset
+from modeling_stretchysnake.training.metrics import VIDEO_ACCURACY, load_video_accuracy
+from modeling_stretchysnake.training.scales import Scale, ScaleSampler
+from modeling_stretchysnake.training.synthetic_actions import generate_action_dataset
+from modeling_stretchysnake.training.trainer import StretchySnakeTrainer
 
 
 def replaced_numpy_metrics(logits, labels, num_labels):
@@ -89,7 +89,7 @@ class MeanConfidence(evaluate.Metric):
 
 
 def test_loads_offline():
-    code = ("from modeling_stretchysnake.metrics import load_video_accuracy; "
+    code = ("from modeling_stretchysnake.training.metrics import load_video_accuracy; "
             "print(load_video_accuracy().compute(predictions=[[0.1, 0.9]], references=[1])['top1'])")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import PROBE, ROOT, probe_records, run_script
-from modeling_stretchysnake.synthetic_actions import generate_action_dataset
+from modeling_stretchysnake.training.synthetic_actions import generate_action_dataset
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
           str(ROOT / "recipes" / "configs" / "accelerate" / "cpu_2proc.yaml")]
@@ -32,8 +32,8 @@ def two_process_run(probe_manifest, tmp_path_factory):
 
 
 def test_two_processes_train_disjoint_shards_at_one_scale_per_step(two_process_run):
-    from modeling_stretchysnake.data import clips_per_step
-    from modeling_stretchysnake.scales import Scale
+    from modeling_stretchysnake.training.data import clips_per_step
+    from modeling_stretchysnake.training.scales import Scale
 
     rank0, rank1 = probe_records(two_process_run)
     assert (rank0["world_size"], rank1["world_size"]) == (2, 2) and (rank0["rank"], rank1["rank"]) == (0, 1)

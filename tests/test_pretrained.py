@@ -223,7 +223,7 @@ def assert_one_error(way, result):
 def clip(tmp_path):
     import numpy as np
 
-    from modeling_stretchysnake.synthetic_actions import write_video
+    from modeling_stretchysnake.training.synthetic_actions import write_video
 
     return write_video(tmp_path / "clip.mp4", np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8))
 
@@ -283,7 +283,7 @@ def test_offline_without_the_file_cached_says_so(hub, tmp_path):
 def test_predict_takes_a_hub_checkpoint(hub, tmp_path):
     import numpy as np
 
-    from modeling_stretchysnake.synthetic_actions import write_video
+    from modeling_stretchysnake.training.synthetic_actions import write_video
 
     write_video(tmp_path / "clip.mp4", np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8))
     result = run([str(ROOT / "recipes" / "predict.py"), "--model", f"{REPO}/{K400}", "--video",
@@ -336,7 +336,7 @@ def test_readme_pretrained_snippet_runs_verbatim(hub, tmp_path):
     the local Hub serving a small model under the official file name."""
     import numpy as np
 
-    from modeling_stretchysnake.synthetic_actions import write_video
+    from modeling_stretchysnake.training.synthetic_actions import write_video
     from test_hf_conventions import readme_python_blocks
 
     snippet = next(block for block in readme_python_blocks("Use") if "from_videomamba(" in block)

@@ -12,8 +12,8 @@ import torch
 
 from conftest import ROOT, small_config
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
-from modeling_stretchysnake.data import VideoDecodeError, read_video
-from modeling_stretchysnake.synthetic_actions import write_video
+from modeling_stretchysnake.video_decoding import VideoDecodeError, read_video
+from modeling_stretchysnake.training.synthetic_actions import write_video
 
 sys.path.insert(0, str(ROOT / "recipes"))
 sys.path.insert(0, str(ROOT))

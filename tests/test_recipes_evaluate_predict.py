@@ -7,8 +7,8 @@ import torch
 
 from conftest import ROOT, small_config
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
-from modeling_stretchysnake.probes import linear_probe_accuracy, nearest_neighbour_accuracy
-from modeling_stretchysnake.synthetic_actions import ACTIONS, generate_action_dataset
+from modeling_stretchysnake.training.probes import linear_probe_accuracy, nearest_neighbour_accuracy
+from modeling_stretchysnake.training.synthetic_actions import ACTIONS, generate_action_dataset
 
 sys.path.insert(0, str(ROOT / "recipes"))
 import evaluate_model as evaluate_recipe  # noqa: E402
@@ -53,7 +53,7 @@ def test_predict_recipe_direct_and_through_pipeline(saved):
 
 
 def test_predict_recipe_averages_the_evaluation_views(saved, tmp_path, capsys):
-    from modeling_stretchysnake.synthetic_actions import write_video
+    from modeling_stretchysnake.training.synthetic_actions import write_video
 
     noise = torch.randint(0, 256, (12, 32, 64, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     video = write_video(tmp_path / "wide.mp4", noise.numpy())  # wide and changing: every view differs
@@ -100,8 +100,8 @@ def test_pipeline_with_trust_remote_code_uses_the_saved_processor(saved):
 def test_compute_budget_picks_the_most_accurate_scale_that_fits(saved, tmp_path, monkeypatch, capsys):
     """evaluate_model.py records the grid in the model folder and plots accuracy against cost; predict.py --budget_ms
     then runs at the most accurate recorded scale whose forward time, measured here on first use, fits."""
-    from modeling_stretchysnake import compute_budget
-    from modeling_stretchysnake.scales import Scale
+    from modeling_stretchysnake.training import compute_budget
+    from modeling_stretchysnake.training.scales import Scale
 
     monkeypatch.setenv("STRETCHYSNAKE_CACHE", str(tmp_path / "cache"))
     model_dir = tmp_path / "model"
@@ -144,8 +144,8 @@ def test_compute_budget_picks_the_most_accurate_scale_that_fits(saved, tmp_path,
 def test_cached_costs_that_contradict_token_counts_are_measured_again(tmp_path, monkeypatch):
     """A forward time cached while the machine was busy (fewer tokens, much slower) is re-measured, a consistent
     cache is used as it is, and remeasure=True times everything afresh."""
-    from modeling_stretchysnake import compute_budget
-    from modeling_stretchysnake.scales import Scale
+    from modeling_stretchysnake.training import compute_budget
+    from modeling_stretchysnake.training.scales import Scale
 
     monkeypatch.setenv("STRETCHYSNAKE_CACHE", str(tmp_path / "cache"))
     model = StretchySnakeForVideoClassification(small_config()).eval()

@@ -2,7 +2,7 @@ import collections
 
 import pytest
 
-from modeling_stretchysnake.scales import VARIANTS, Scale, ScaleSampler, divisor_patches
+from modeling_stretchysnake.training.scales import VARIANTS, Scale, ScaleSampler, divisor_patches
 
 
 def test_divisor_patches_example_from_the_design():

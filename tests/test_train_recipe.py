@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run_script
-from modeling_stretchysnake.synthetic_actions import generate_action_dataset
+from modeling_stretchysnake.training.synthetic_actions import generate_action_dataset
 
 TINY_RUN = [
     "--max_steps", "4", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4",
@@ -87,7 +87,7 @@ def test_every_recipe_config_parses(config):
 
     import train
 
-    from modeling_stretchysnake.scales import ScaleSampler
+    from modeling_stretchysnake.training.scales import ScaleSampler
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # no deprecated option in a shipped config

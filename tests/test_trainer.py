@@ -4,11 +4,11 @@ from transformers import TrainingArguments
 
 from conftest import small_config
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
-from modeling_stretchysnake.data import VideoClipDataset
-from modeling_stretchysnake.reporting import format_table, write_results
-from modeling_stretchysnake.scales import Scale, ScaleSampler
-from modeling_stretchysnake.synthetic_actions import generate_action_dataset
-from modeling_stretchysnake.trainer import StretchySnakeTrainer, mix_batch
+from modeling_stretchysnake.training.data import VideoClipDataset
+from modeling_stretchysnake.training.reporting import format_table, write_results
+from modeling_stretchysnake.training.scales import Scale, ScaleSampler
+from modeling_stretchysnake.training.synthetic_actions import generate_action_dataset
+from modeling_stretchysnake.training.trainer import StretchySnakeTrainer, mix_batch
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_non_finite_losses_are_counted_in_the_logs(manifest, tmp_path, caplog):
     trainer = make_trainer(manifest, tmp_path)
     with torch.no_grad():
         trainer.model.classifier.weight.fill_(float("nan"))
-    with caplog.at_level("WARNING", logger="modeling_stretchysnake.trainer"):
+    with caplog.at_level("WARNING", logger="modeling_stretchysnake.training.trainer"):
         trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [entry["nonfinite_loss_steps"] for entry in logged] == [1, 2, 3]

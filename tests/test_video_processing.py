@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from modeling_stretchysnake import StretchySnakeVideoProcessor
-from modeling_stretchysnake.synthetic_actions import write_video
+from modeling_stretchysnake.training.synthetic_actions import write_video
 
 
 @pytest.fixture

@@ -5,8 +5,9 @@ dataset, the processor), and spatial crops sit along the longer side."""
 import numpy as np
 import pytest
 
-from modeling_stretchysnake.data import ClipView, VideoClipDataset, read_video, sample_frame_indices
-from modeling_stretchysnake.synthetic_actions import write_video
+from modeling_stretchysnake.video_decoding import read_video, sample_frame_indices
+from modeling_stretchysnake.training.data import ClipView, VideoClipDataset
+from modeling_stretchysnake.training.synthetic_actions import write_video
 from modeling_stretchysnake.video_processing_stretchysnake import StretchySnakeVideoProcessor
 from test_data import BACKENDS
 

@@ -5,7 +5,7 @@ recipes/train.py and recipes/evaluate_model.py). Cost is forward milliseconds at
 first use (cached per architecture, device, thread count and torch version; the fastest of 7 interleaved runs, and
 cached times that contradict the token counts are measured again), or forward GFLOPs counted.
 
-    from modeling_stretchysnake.compute_budget import pick_scale
+    from modeling_stretchysnake.training.compute_budget import pick_scale
     choice, table = pick_scale(model, "outputs/stretchysnake-embedded/final", budget_ms=20)
     print(explain(choice, table, budget_ms=20))
 """

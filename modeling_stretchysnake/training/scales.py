@@ -18,8 +18,9 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..configuration_stretchysnake import BASE_GRID_SIZE, static_tokens_patch_size
+
 PAPER_FRAMES = (8, 16, 32, 64)
-BASE_GRID = 14
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ VARIANT_DEFAULTS = {
     "static_tokens": dict(resolutions=(98, 126, 224, 392), patch_sizes=None),
 }
 VARIANTS = tuple(VARIANT_DEFAULTS)
+# The model's scale_mode for each variant: the patch size a call at a new resolution takes when none is given.
+SCALE_MODE_OF_VARIANT = {"temporal": "static_patches", "static_patches": "static_patches", "flexivit": "static_tokens",
+                         "flex_all": "static_tokens", "static_tokens": "static_tokens"}
 
 
 class ScaleSampler:
@@ -64,7 +68,8 @@ class ScaleSampler:
         frames: frame counts to draw from (the paper: 8, 16, 32, 64).
         resolutions: resolutions to draw from (default: the variant's, see the table above).
         patch_sizes: patch sizes to draw from where the variant draws one (static_patches, temporal, flexivit).
-        grid: token-grid side of static_tokens (patch = R / grid).
+        grid: token-grid side of static_tokens (patch = R / grid): the model's `config.grid_size` (default: the
+            base grid of the default config, 14).
         seed: the run's seed; with the step it fixes every draw.
     """
 
@@ -74,7 +79,7 @@ class ScaleSampler:
         frames: Sequence[int] = PAPER_FRAMES,
         resolutions: Sequence[int] | None = None,
         patch_sizes: Sequence[int] | None = None,
-        grid: int = BASE_GRID,
+        grid: int = BASE_GRID_SIZE,
         seed: int = 0,
     ):
         if variant not in VARIANT_DEFAULTS:
@@ -98,7 +103,7 @@ class ScaleSampler:
         if self.variant == "static_tokens":
             if resolution % self.grid:
                 raise ValueError(f"static_tokens: resolution {resolution} is not a multiple of the grid {self.grid}")
-            return (resolution // self.grid,)
+            return (static_tokens_patch_size(resolution, resolution, self.grid),)
         if self.variant == "flex_all":
             return tuple(self.patch_sizes) if self.patch_sizes else tuple(divisor_patches(resolution))
         return self.patch_sizes

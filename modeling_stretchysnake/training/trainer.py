@@ -3,7 +3,7 @@
 Each step's batch comes from `MultiScaleBatchSampler`: every rank draws the same scale for the same step, decodes
 its own share of the clips at that scale, and the model resizes its weights to it on the fly. Evaluation runs the
 model over a grid of scales (single or multi-view) and reports top-1, top-5 and mean class accuracy per scale through
-the package's `video_accuracy` evaluate module (`modeling_stretchysnake.metrics`).
+the package's `video_accuracy` evaluate module (`modeling_stretchysnake.training.metrics`).
 """
 
 from __future__ import annotations
