@@ -40,13 +40,14 @@ from modeling_stretchysnake import (
     StretchySnakeVideoProcessor,
 )
 from modeling_stretchysnake.cli import run_cli
-from modeling_stretchysnake.compute_budget import save_scale_accuracy
-from modeling_stretchysnake.data import VideoClipDataset
+from modeling_stretchysnake.training.compute_budget import save_scale_accuracy
+from modeling_stretchysnake.training.data import VideoClipDataset
+from modeling_stretchysnake.training.distributed import end_processes
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
 from modeling_stretchysnake.pretrained import load_model
-from modeling_stretchysnake.reporting import format_table, plot_heatmaps, plot_training_curves, write_results
-from modeling_stretchysnake.scales import VARIANTS, Scale, ScaleSampler
-from modeling_stretchysnake.trainer import StretchySnakeTrainer
+from modeling_stretchysnake.training.reporting import format_table, plot_heatmaps, plot_training_curves, write_results
+from modeling_stretchysnake.training.scales import SCALE_MODE_OF_VARIANT, VARIANTS, Scale, ScaleSampler
+from modeling_stretchysnake.training.trainer import StretchySnakeTrainer
 
 logger = logging.getLogger("stretchysnake.train")
 
@@ -58,7 +59,7 @@ logger = logging.getLogger("stretchysnake.train")
 EMBEDDED_MODEL = dict(hidden_size=96, num_hidden_layers=4, image_size=56, patch_size=14, num_frames=8,
                       drop_path_rate=0.0, position_embedding_init="sincos", cls_position="ends")
 DEFAULT_TRAINING_FLAGS = [
-    "--output_dir", "outputs/stretchysnake-embedded", "--num_train_epochs", "6", "--per_device_train_batch_size", "8",
+    "--output_dir", "outputs/stretchysnake-embedded", "--num_train_epochs", "8", "--per_device_train_batch_size", "8",
     "--per_device_eval_batch_size", "8", "--learning_rate", "2e-3", "--weight_decay", "0.05",
     "--warmup_steps", "10", "--lr_scheduler_type", "cosine", "--label_smoothing_factor", "0.1",
     "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--seed", "0",
@@ -155,7 +156,7 @@ def load_manifest(args: StretchySnakeArguments, training_args: TrainingArguments
 
     if args.manifest:
         return load_from_disk(args.manifest)
-    from modeling_stretchysnake.synthetic_actions import load_or_generate
+    from modeling_stretchysnake.training.synthetic_actions import load_or_generate
 
     counts = {args.train_split: args.generated_train_per_class, args.eval_split: args.generated_eval_per_class}
     # The first process renders, then each machine's first process (it finds the files on a shared filesystem, or
@@ -169,7 +170,7 @@ def build_model(args: StretchySnakeArguments, label_names: list[str],
                 scale_mode: str | None = None) -> StretchySnakeForVideoClassification:
     id2label = dict(enumerate(label_names))
     if scale_mode is None:
-        scale_mode = "static_patches" if args.variant in ("temporal", "static_patches") else "static_tokens"
+        scale_mode = SCALE_MODE_OF_VARIANT[args.variant]
     if args.model_name_or_path:
         return load_model(
             StretchySnakeForVideoClassification, args.model_name_or_path, id2label=id2label,
@@ -301,8 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
                           title=f"fixed {fixed[0]}x{fixed[1]}: top-1 (%)",
                           grid_metrics=runs[f"fixed {fixed[0]}x{fixed[1]}"][0].last_grid_metrics)
             print(f"\nfixed-scale model: {output_dir / 'fixed_scale' / 'final'}; both grids: {comparison}")
+    end_processes(trainer.accelerator)
     return metrics
-
 
 if __name__ == "__main__":
     run_cli(main)
