@@ -33,7 +33,6 @@ from modeling_stretchysnake import StretchySnakeForVideoClassification, Stretchy
 from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.video_decoding import VideoDecodeError
 from modeling_stretchysnake.training.data import VideoClipDataset
-from modeling_stretchysnake.training.distributed import end_processes
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
 from modeling_stretchysnake.pretrained import load_model, resolve_model_reference
 from modeling_stretchysnake.training.probes import probe_scores
@@ -102,7 +101,6 @@ def main(argv=None):
     unreadable = trainer.unreadable_videos(test_set)
     if trainer.is_world_process_zero():
         report(args, model, results, trainer.last_grid_metrics, len(test_set), unreadable)
-    end_processes(trainer.accelerator)
     return results
 
 

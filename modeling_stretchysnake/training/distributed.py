@@ -1,4 +1,4 @@
-"""Distributed set-up: FSDP on CPU processes through Accelerate's own FSDP machinery, and the clean end of a run.
+"""FSDP on CPU processes through Accelerate's own FSDP machinery.
 
 `accelerate launch` with an FSDP config starts the processes and describes the FSDP plugin in the environment
 (ACCELERATE_USE_FSDP, FSDP_*), but Accelerate turns a distributed run into FSDP only on an accelerator device: on
@@ -48,12 +48,3 @@ def use_fsdp_on_cpu(accelerator) -> bool:
     logger.info("FSDP2 on %d CPU processes (gloo): Accelerate sets up FSDP only on accelerator devices, so the "
                 "launcher's FSDP plugin is applied to the CPU run", state.num_processes)
     return True
-
-
-def end_processes(accelerator) -> None:
-    """The end of a script: every process waits for the others (the first writes the results meanwhile), then all
-    shut the process group down before the interpreter exits. A rank that exited with its gloo threads still up
-    aborted now and then under load ("terminate called without an active exception", bench/RESULTS.md)."""
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-
