@@ -83,6 +83,9 @@ class StretchySnakeConfig(PretrainedConfig):
             `"kaiming_uniform"` (PyTorch's default Linear init, which Mamba keeps). At small widths the first makes
             the SSM's B, C and input so small that, at init, a token hears almost nothing beyond the conv window
             (bench/RESULTS.md, learning study).
+        cascade (`dict`, *optional*): a fitted confidence cascade over scales (`cascade.ScaleCascade.to_dict()`:
+            scales cheapest first, per-stage thresholds, confidence kind, how evidence combines, costs), written by
+            `recipes/calibrate_cascade.py`; the pipeline (`cascade=True`) and the recipes' `--cascade` use it.
     """
 
     model_type = "stretchysnake"
@@ -117,6 +120,7 @@ class StretchySnakeConfig(PretrainedConfig):
         cls_position: str = "start",
         position_embedding_init: str = "trunc_normal",
         projection_init: str = "trunc_normal",
+        cascade: dict | None = None,
         **kwargs,
     ):
         if kernel_resize_mode not in KERNEL_RESIZE_MODES:
@@ -163,6 +167,7 @@ class StretchySnakeConfig(PretrainedConfig):
         self.cls_position = cls_position
         self.position_embedding_init = position_embedding_init
         self.projection_init = projection_init
+        self.cascade = cascade
         super().__init__(**kwargs)
         if self.id2label and not getattr(self, "label2id", None):
             self.label2id = {label: int(index) for index, label in self.id2label.items()}

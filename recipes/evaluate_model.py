@@ -5,6 +5,7 @@
     python recipes/evaluate_model.py --model M --manifest D --frames 8 16 32 64 --resolutions 96 128 224 384 \
         --clips 2 --crops 3
     python recipes/evaluate_model.py --model M --manifest D --probes    # also 1-NN retrieval and a linear probe
+    python recipes/evaluate_model.py --model M --manifest D --cascade   # the model's fitted cascade over scales
 
 (Not named evaluate.py: a script of that name in recipes/ would shadow the `evaluate` library for the recipes.)
 Prints a table of top-1 accuracy (rows: frames, columns: resolution), writes CSV/JSON, the `video_accuracy` evaluate
@@ -17,11 +18,14 @@ uniformly over each video (--clips > 1: that many temporal views at the same str
 `video_accuracy` module averages each video's view probabilities.
 The patch size at each resolution follows the model's scale_mode (static tokens: resolution / 14 for 224/16 models).
 The probes use frozen CLS features of the --probe_train_split (train) and --split (test) sets at each grid scale.
+--cascade evaluates the model's fitted cascade (config.cascade, from calibrate_cascade.py) instead of a grid: each
+video decoded once at its largest scale, top-1, mean cost, the share answered at each scale (cascade.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -30,7 +34,9 @@ from datasets import load_from_disk
 from transformers import TrainingArguments
 
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
+from modeling_stretchysnake.cascade import ScaleCascade
 from modeling_stretchysnake.cli import run_cli
+from modeling_stretchysnake.training.cascade_evaluation import measure_cascade
 from modeling_stretchysnake.video_decoding import VideoDecodeError
 from modeling_stretchysnake.training.data import VideoClipDataset
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
@@ -63,6 +69,8 @@ def parse(argv=None):
                              "./evaluation for a Hub model id)")
     parser.add_argument("--no_save_to_model", action="store_true",
                         help="do not write scale_accuracy.json into the model folder")
+    parser.add_argument("--cascade", action="store_true",
+                        help="evaluate the model's fitted cascade over scales (config.cascade) instead of a grid")
     parser.add_argument("--cost", choices=["ms", "gflops", "none"], default="ms",
                         help="cost axis of pareto.png: forward ms measured here, GFLOPs, or no plot")
     return parser.parse_args(argv)
@@ -80,6 +88,8 @@ def main(argv=None):
     manifest = load_from_disk(args.manifest)
     processor = StretchySnakeVideoProcessor(decoder=args.decoder)
     test_set = VideoClipDataset(manifest[args.split], processor, training=False, decoder=args.decoder)
+    if args.cascade:
+        return evaluate_cascade(args, model, test_set)
     scales = [Scale(f, r, resolve_patch_size(model.config, r, r)) for f in args.frames for r in args.resolutions]
     trainer = StretchySnakeTrainer(
         model=model, args=TrainingArguments(output_dir=args.output_dir, per_device_eval_batch_size=args.batch_size,
@@ -102,6 +112,25 @@ def main(argv=None):
     if trainer.is_world_process_zero():
         report(args, model, results, trainer.last_grid_metrics, len(test_set), unreadable)
     return results
+
+
+def evaluate_cascade(args, model, test_set) -> dict:
+    """The fitted cascade on the split: printed, and written to OUTPUT_DIR/cascade.json."""
+    try:
+        cascade = ScaleCascade.from_dict(model.config.cascade)
+    except ValueError as error:
+        raise SystemExit(f"evaluate_model.py: {error}") from None
+    summary = measure_cascade(model, test_set, cascade, args.batch_size)
+    summary["cascade"] = cascade.to_dict()
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(args.output_dir) / "cascade.json"
+    path.write_text(json.dumps(summary, indent=1))
+    shares = ", ".join(f"{scale} {share:.0f}%" for scale, share in summary["answered_at"].items())
+    print(f"\n{summary['videos']} videos of {args.manifest} [{args.split}], cascade "
+          f"{' -> '.join(f'{f}x{r}' for f, r in cascade.scales)}: top-1 {summary['top1']:.1f}%, "
+          f"{summary['mean_cost']:.3g} {cascade.cost_unit} and {summary['ms_per_video']:.1f} ms per video here; "
+          f"answered at {shares}\nresults: {path}")
+    return summary
 
 
 def report(args, model, results, grid_metrics, num_videos, unreadable) -> None:

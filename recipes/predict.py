@@ -4,6 +4,7 @@
     python recipes/predict.py --model M --video clip.mp4 --pipeline     # through transformers' pipeline()
     python recipes/predict.py --model M --video clip.mp4 --budget_ms 20 # the most accurate scale within 20 ms
     python recipes/predict.py --model M --video clip.mp4 --clips 4 --crops 3  # 12 views, probabilities averaged
+    python recipes/predict.py --model M --video clip.mp4 --cascade     # the cheapest scale that is sure enough
     python recipes/predict.py --model OpenGVLab/VideoMamba/videomamba_m16_k400_f16_res224.pth --video clip.mp4
 
 The video is decoded at the requested frames x resolution (frames spread over the whole clip, shortest-side
@@ -12,6 +13,8 @@ the training stride, interleaved; crops along the longer side: the evaluation pr
 probabilities averaged. With --budget_ms (forward milliseconds at batch 1 on
 this machine, measured on first use and cached) or --budget_gflops, the scale is the most accurate one within
 the budget according to the model's evaluated grid (scale_accuracy.json, written by train.py and evaluate_model.py).
+With --cascade, the model's fitted cascade (config.cascade, from calibrate_cascade.py) decides: the video is
+decoded once at the cascade's largest scale and run at its cheapest first, at larger ones only while unsure.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import torch
 
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
+from modeling_stretchysnake.cascade import ScaleCascade, run_cascade
 from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.pretrained import load_model, resolve_model_reference
 
@@ -33,6 +37,17 @@ def predict(model, processor, video: str, frames: int, resolution: int, top_k: i
         probabilities = model(torch.cat(views)).logits.softmax(-1).mean(0)
     top = probabilities.topk(min(top_k, probabilities.numel()))
     return [(model.config.id2label[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+
+
+def predict_with_cascade(model, processor, video: str, cascade: ScaleCascade, top_k: int = 5
+                         ) -> tuple[list[tuple[str, float]], tuple[int, int], float]:
+    """Top-k labels, the scale that answered and the cost spent."""
+    pixel_values = processor(video, scale=cascade.largest_scale)["pixel_values"]
+    result = run_cascade(model, pixel_values, cascade)
+    probabilities = result.logits[0].softmax(-1)
+    top = probabilities.topk(min(top_k, probabilities.numel()))
+    labels = [(model.config.id2label[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+    return labels, cascade.scales[int(result.stage[0])], float(result.cost[0])
 
 
 def main(argv=None):
@@ -48,6 +63,8 @@ def main(argv=None):
     parser.add_argument("--clips", type=int, default=1, help="temporal views, averaged")
     parser.add_argument("--crops", type=int, default=1, help="spatial views, averaged")
     parser.add_argument("--pipeline", action="store_true", help="run through transformers.pipeline")
+    parser.add_argument("--cascade", action="store_true",
+                        help="the model's fitted cascade over scales picks the scale per video (config.cascade)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget_ms", type=float, default=None,
                         help="pick the most accurate evaluated scale whose forward time here fits (ms, batch 1)")
@@ -65,6 +82,9 @@ def main(argv=None):
     budgeted = args.budget_ms is not None or args.budget_gflops is not None
     if budgeted and (args.frames is not None or args.resolution is not None):
         parser.error("give a budget or a scale (--frames/--resolution), not both")
+    if args.cascade and (budgeted or args.frames is not None or args.resolution is not None
+                         or (args.clips, args.crops) != (1, 1)):
+        parser.error("--cascade picks the scale itself: leave out --frames, --resolution, budgets, --clips, --crops")
 
     args.model = resolve_model_reference(args.model)  # a Hub checkpoint -> its converted folder
     model = load_model(StretchySnakeForVideoClassification, args.model).eval()
@@ -83,6 +103,30 @@ def main(argv=None):
             parser.error(str(error))
         print(explain(choice, table, args.budget_ms, args.budget_gflops))
         frames, resolution = choice.scale.frames, choice.scale.resolution
+    if args.cascade:
+        try:
+            cascade = ScaleCascade.from_dict(model.config.cascade)
+        except ValueError as error:
+            parser.error(str(error))
+        if args.pipeline:
+            from transformers import pipeline
+
+            from modeling_stretchysnake import StretchySnakeVideoClassificationPipeline
+
+            classify = pipeline("video-classification", model=model, video_processor=processor,
+                                pipeline_class=StretchySnakeVideoClassificationPipeline)
+            answers = classify(args.video, top_k=args.top_k, cascade=cascade)
+            results = [(r["label"], r["score"]) for r in answers]
+            frames, resolution = map(int, answers[0]["scale"].split("x"))
+            cost = answers[0]["cost"]
+        else:
+            results, (frames, resolution), cost = predict_with_cascade(model, processor, args.video, cascade,
+                                                                       args.top_k)
+        print(f"{args.video}: answered at {frames} frames x {resolution} px by the cascade "
+              f"({' -> '.join(f'{f}x{r}' for f, r in cascade.scales)}), {cost:.3g} {cascade.cost_unit} spent:")
+        for label, score in results:
+            print(f"  {score:6.3f}  {label}")
+        return results
     if args.pipeline and (args.clips, args.crops) != (1, 1):
         parser.error("--pipeline classifies one view; leave out --clips / --crops or --pipeline")
     if args.pipeline:

@@ -3,6 +3,7 @@ them, a core install (no training libraries) runs a model and its processor, the
 old module paths still work with a warning that names the new ones."""
 
 import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ PACKAGE = ROOT / "modeling_stretchysnake"
 MODEL_FILES = {"configuration_stretchysnake.py", "modeling_stretchysnake.py", "resizing.py", "selective_scan.py",
                "selective_scan_fused.py", "selective_scan_numba.py", "selective_scan_triton.py",
                "bidirectional_mixer.py", "custom_ops.py", "video_processing_stretchysnake.py", "video_decoding.py",
-               "pipeline_stretchysnake.py"}
+               "pipeline_stretchysnake.py", "cascade.py"}
 TOOLS = {"__init__.py", "convert_videomamba_checkpoint.py", "pretrained.py", "cli.py"}  # on top of the model files
 TRAINING_LIBRARIES = ("datasets", "accelerate", "evaluate", "matplotlib")
 
@@ -187,3 +188,14 @@ def test_old_module_paths_keep_working_and_name_the_new_place():
         warned.setdefault(old, messages)
     for old, new, _ in moved:
         assert f"modeling_stretchysnake.{old} moved to" in warned[old] and f"modeling_stretchysnake.{new}" in warned[old]
+
+
+def test_readme_is_a_short_manual_whose_links_resolve():
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) < 250
+    pages = [readme, *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) >= 9
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), (page.name, target)

@@ -16,10 +16,19 @@ ACTIONS = ("move_left", "move_right", "move_up", "move_down", "stay_still")
 # Named render settings (`render_action` options). "clear" is the main job's task: a big square on a quiet
 # background that travels at least half the frame. "noisy" is the first version (small squares, +-20 noise, a third
 # of the frame), which no small model of this project, ours or VideoMAE, learns on a CPU budget (bench/RESULTS.md).
+# "brief_motion" is where the number of frames matters (bench/cascade.py): in a quarter of the clips the square
+# makes a brief excursion (out and back within EXCURSION_FRAMES of the 24 frames) instead of crossing the frame, which
+# few frames spread over the clip often miss. "fine_texture": in half of the clips the square is a checkerboard of
+# 2-px cells whose mean is the background's, rendered at 192 px: visible only at a resolution that keeps its cells.
 TASKS = {
     "clear": {"noise": 4, "side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},
     "noisy": {"noise": 20, "side_range": (1 / 6, 1 / 3), "min_travel": 1 / 3},
+    "brief_motion": {"noise": 4, "side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2, "excursion_share": 0.25},
+    "fine_texture": {"noise": 4, "side_range": (1 / 6, 1 / 3), "min_travel": 1 / 2, "size": 192,
+                     "textured_share": 0.5},
 }
+TEXTURE_CELL, TEXTURE_CONTRAST = 2, 60
+EXCURSION_FRAMES = 3
 _DIRECTIONS = {"move_left": (0, -1), "move_right": (0, 1), "move_up": (-1, 0), "move_down": (1, 0), "stay_still": (0, 0)}
 
 
@@ -51,11 +60,15 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 12, codec: str 
 
 def render_action(action: str, num_frames: int = 24, size: int = 96, rng: np.random.Generator | None = None,
                   noise: int = 20, side_range: tuple[float, float] = (1 / 6, 1 / 3),
-                  min_travel: float = 1 / 3) -> np.ndarray:
+                  min_travel: float = 1 / 3, textured_share: float = 0.0, excursion_share: float = 0.0
+                  ) -> np.ndarray:
     """One clip (T, size, size, 3) uint8 of `action`.
 
     noise: amplitude of the per-frame uniform background noise; side_range: the square's side as fractions of
-    `size` (low inclusive, high exclusive); min_travel: the shortest path of a moving square, as a fraction of size.
+    `size` (low inclusive, high exclusive); min_travel: the shortest path of a moving square, as a fraction of size;
+    textured_share: the chance that the square is a grey checkerboard (TEXTURE_CELL-px cells, +-TEXTURE_CONTRAST)
+    on a grey background of its mean: visible only at a resolution that keeps its cells; excursion_share: the chance
+    that a moving square goes out and back within EXCURSION_FRAMES frames (at a random time) instead of crossing.
     """
     rng = rng or np.random.default_rng()
     dy, dx = _DIRECTIONS[action]
@@ -64,11 +77,24 @@ def render_action(action: str, num_frames: int = 24, size: int = 96, rng: np.ran
     # Pick the start so the whole path stays inside the frame.
     y0 = int(rng.integers(travel if dy < 0 else 0, size - side - (travel if dy > 0 else 0) + 1))
     x0 = int(rng.integers(travel if dx < 0 else 0, size - side - (travel if dx > 0 else 0) + 1))
-    background = rng.integers(0, 120, size=3)
-    colour = rng.integers(130, 256, size=3)
+    textured = textured_share > 0 and rng.random() < textured_share  # no draw without textures: clips as before
+    if textured:
+        background = np.full(3, rng.integers(TEXTURE_CONTRAST + noise, 256 - TEXTURE_CONTRAST - noise))
+        rows, columns = np.indices((side, side)) // TEXTURE_CELL
+        colour = (background + TEXTURE_CONTRAST * (2 * ((rows + columns) % 2) - 1)[..., None]).astype(np.uint8)
+    else:
+        background = rng.integers(0, 120, size=3)
+        colour = rng.integers(130, 256, size=3)
+    excursion = excursion_share > 0 and (dy or dx) and rng.random() < excursion_share  # no draw when off
+    if excursion:  # out and back inside the clip: the first and last frames show the square at rest
+        window = max(1, min(EXCURSION_FRAMES, num_frames - 2))
+        first = int(rng.integers(1, max(num_frames - window, 2)))
     clip = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t in range(num_frames):
         progress = t / max(num_frames - 1, 1)
+        if excursion:
+            middle = first + (window - 1) / 2
+            progress = max(0.0, 1.0 - abs(t - middle) / (window / 2 + 0.5))
         noise_frame = rng.integers(-noise, noise + 1, size=(size, size, 1))
         frame = np.clip(background + noise_frame, 0, 255)
         y, x = round(y0 + dy * travel * progress), round(x0 + dx * travel * progress)
