@@ -49,7 +49,7 @@ def main(argv=None):
 
 
 def run(args):
-    # numba sizes its thread pool from torch's thread count when first imported: import it before going to 1 thread
+    # compile (or load from numba's cache) the kernels before anything is timed
     from modeling_stretchysnake.selective_scan_fused import numba_kernels
 
     numba_kernels()

@@ -34,10 +34,9 @@ def gradient_groups(batch: int, d_inner: int) -> int:
 # The kernels are imported on first use, in the `from .module import` form: transformers copies the files that
 # form names into a saved model folder, so trust_remote_code users get the kernels too.
 @functools.cache
-
-
 def numba_kernels():
-    """The numba kernels (compiled on first call, not here); raises ImportError without numba."""
+    """The numba kernels, compiled (or loaded from numba's cache) by the first call; raises ImportError without
+    numba."""
     from .selective_scan_numba import conv_silu_backward, conv_silu_forward, scan_backward, scan_forward
 
     return SimpleNamespace(scan_forward=scan_forward, scan_backward=scan_backward, conv_silu_forward=conv_silu_forward,
@@ -45,8 +44,6 @@ def numba_kernels():
 
 
 @functools.cache
-
-
 def triton_kernels():
     """The Triton kernels' launchers; raises ImportError without triton."""
     from .selective_scan_triton import scan_backward, scan_forward

@@ -129,3 +129,47 @@ def test_decoding_benchmark_compares_both_decoders(tmp_path):
         assert row["decord_shape"] == row["pyav_shape"]  # the same request served, upright, by both
     assert rows[1]["pyav_shape"][1] > rows[1]["pyav_shape"][2]  # the phone clip is shown portrait
     assert "faster" in result.stdout.splitlines()[1]
+
+
+def test_kernel_floor_benchmark_times_every_kernel_against_the_exp_floor(tmp_path):
+    """bench/kernel_floor.py, one round at the main job's block: every numba kernel the mixer calls is timed in the
+    phase that calls it, with its exp count and its time over the measured exp floor."""
+    output = tmp_path / "floor.json"
+    result = run_script([sys.executable, str(ROOT / "bench" / "kernel_floor.py"), "--shapes", "main", "--threads",
+                         "1", "--repeats", "1", "--output", str(output)], tmp_path)
+    (results,) = json.loads(output.read_text())
+    kernels = results["shapes"]["main"]["kernels"]
+    calls = {name: kernel["calls_per_round"] for name, kernel in kernels.items()}
+    assert calls == {"forward: conv_silu_forward": 1, "forward: scan_forward": 2, "backward: conv_silu_forward": 1,
+                     "backward: scan_backward": 2, "backward: conv_silu_backward": 1}
+    steps = 8 * 192 * 130  # batch x d_inner x tokens
+    assert kernels["forward: scan_forward"]["exps"] == 2 * steps * (16 + 3)
+    assert results["exp_per_second"] > 1e8
+    # a kernel that computes these exponentials and more cannot run faster than they alone do (some slack for noise)
+    assert all(kernel["ratio"] > 0.7 for kernel in kernels.values())
+    assert "ms / floor" in result.stdout and "FLOP / byte" in result.stdout
+
+
+def test_cascade_benchmark_writes_its_comparison(tmp_path):
+    """bench/cascade.py on a small untrained model: single scales, the fitted cascade (run for real and replayed),
+    the budget comparison and the fixed model's reference, in JSON, markdown and a plot."""
+    import torch
+
+    from conftest import small_config
+    from modeling_stretchysnake import StretchySnakeForVideoClassification
+    from modeling_stretchysnake.training.synthetic_actions import ACTIONS, generate_action_dataset
+
+    generate_action_dataset(tmp_path / "data", {"test": 1}, num_frames=6, size=32)
+    torch.manual_seed(0)
+    StretchySnakeForVideoClassification(small_config(num_labels=5, id2label=dict(enumerate(ACTIONS)))).save_pretrained(
+        tmp_path / "model")
+    run_script([sys.executable, str(ROOT / "bench" / "cascade.py"), "--model", str(tmp_path / "model"),
+                "--fixed_model", str(tmp_path / "model"), "--fixed_scale", "2x16",
+                "--manifest", str(tmp_path / "data" / "manifest"), "--validation_per_class", "1",
+                "--frames", "2", "4", "--resolutions", "16", "32", "--output", str(tmp_path / "out")], tmp_path)
+    (results,) = json.loads((tmp_path / "out" / "cascade.json").read_text())
+    assert [row["scale"] for row in results["single_scales"]] == ["2x16", "2x32", "4x16", "4x32"]
+    assert results["run_matches_replay"] and results["validation_videos"] == 5 and results["test_videos"] == 5
+    assert len(results["budgets"]) == 4 and results["fixed_model"]["scale"] == "2x16"
+    assert (tmp_path / "out" / "cascade.png").stat().st_size > 0
+    assert "Cascade" in (tmp_path / "out" / "cascade.md").read_text()

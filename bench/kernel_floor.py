@@ -1,0 +1,271 @@
+"""The CPU mixer kernels against the machine's floor: each kernel's time as a multiple of what its exponentials
+alone cost, measured side by side in one process.
+
+    python bench/kernel_floor.py            # the main job's block and tiny at 8 x 224, at 1 and 2 threads
+    python bench/kernel_floor.py --shapes main --threads 1 --repeats 21 --output floor.json
+
+The floor: the numba kernels compute every decay exp(dt * A) with their own vectorised float32 exp (a Cephes
+polynomial), so the bench times that exp on its own, compiled with the kernels' flags, over an L1-resident row per
+task and spread over threads by the kernels' own ``_run_tasks``: exps per second at 1 and 2 threads. A kernel's
+floor is its exp count (decays, softplus, sigmoids: log1p counted as one exp) over that rate; its ratio is its
+measured time over its floor. The kernels are timed inside the real mixer op (forward and backward of one block on
+random inputs shaped like the model's), each call wrapped by a timer: CPU time at 1 thread (``process_time``, the
+caller runs every task), wall time at 2. Rounds alternate the exp probe and the mixer, medians over --repeats.
+
+The GPU path (Triton) is listed by its counts, per call, for the GPU check (bench/gpu.py): exps, FLOPs and the bytes
+each kernel must move at least, and their ratio (FLOPs per byte).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # as recipes/train.py: torch's idle OpenMP threads stop spinning
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from numba import njit  # noqa: E402
+
+from modeling_stretchysnake import bidirectional_mixer  # noqa: E402,F401  (registers the mixer ops)
+from modeling_stretchysnake.selective_scan_fused import numba_kernels  # noqa: E402
+from modeling_stretchysnake.selective_scan_numba import _FAST, _run_tasks, exp_vectorisable  # noqa: E402
+
+KERNELS = ("conv_silu_forward", "scan_forward", "scan_backward", "conv_silu_backward")
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    name: str
+    batch: int
+    hidden: int
+    length: int  # tokens, CLS included
+    state: int = 16
+    conv: int = 4
+
+    @property
+    def d_inner(self) -> int:
+        return 2 * self.hidden
+
+    @property
+    def rank(self) -> int:
+        return math.ceil(self.hidden / 16)
+
+
+SHAPES = {
+    # the main job: width 96, 8 frames x 56 px with patch 14 (4 x 4 tokens a frame), CLS at both ends, batch 8
+    "main": BlockShape("main job (96 wide, 8 x 56, batch 8)", batch=8, hidden=96, length=8 * 16 + 2),
+    # tiny: width 192, 8 frames x 224 px, patch 16 (14 x 14 a frame), one CLS, batch 2
+    "tiny": BlockShape("tiny 8 x 224 (192 wide, batch 2)", batch=2, hidden=192, length=8 * 196 + 1),
+}
+
+
+def exp_count(kernel: str, shape: BlockShape) -> int:
+    """Exponentials (and log1p) of one call: a scan direction computes a decay per state and step, softplus (exp
+    and log1p) and the gate's sigmoid per step; backward recomputes the decays and softplus and adds softplus' slope
+    (a sigmoid); each conv call computes a sigmoid per step for each of the two directions."""
+    steps = shape.batch * shape.d_inner * shape.length
+    return {"conv_silu_forward": 2 * steps, "scan_forward": steps * (shape.state + 3),
+            "scan_backward": steps * (shape.state + 4), "conv_silu_backward": 2 * steps}[kernel]
+
+
+def gpu_counts(kernel: str, shape: BlockShape) -> dict:
+    """What one call of the Triton kernel must do at least: exps, FLOPs (an exp counted as one) and bytes moved
+    (every input read once, every output written once, float32)."""
+    steps = shape.batch * shape.d_inner * shape.length
+    rows = shape.batch * shape.length * shape.state  # B or C
+    checkpoints = shape.batch * shape.d_inner * math.ceil(shape.length / 128) * shape.state
+    if kernel == "scan_forward":
+        # per state and step: dt * A, exp, decay * h + dt x B (mul + fma), y += h C (fma); per step: softplus,
+        # gate, D u
+        flops = steps * (shape.state * 7 + 12)
+        floats = 3 * steps + 2 * rows + steps + checkpoints  # u, delta, z; B, C; y; checkpoints
+    else:  # scan_backward: recompute (as forward) and the reverse pass (about 12 per state and step)
+        flops = steps * (shape.state * 19 + 20)
+        floats = 4 * steps + 2 * rows + checkpoints + 3 * steps + 2 * rows  # grad_y, u, delta, z, B, C, ckpt; grads
+    return {"exps": exp_count(kernel, shape), "flops": flops, "bytes": 4 * floats,
+            "flops_per_byte": flops / (4 * floats)}
+
+
+# ----- the floor: the kernels' exp, alone -----
+
+@njit(nogil=True, fastmath=_FAST, error_model="numpy")
+def _exp_rows(first, last, x, scales, out):
+    for row in range(first, last):
+        for scale in scales:  # a new argument every round, so nothing is hoisted out of the loop
+            for i in range(x.shape[1]):
+                out[row, i] += exp_vectorisable(x[row, i] * scale)
+
+
+def exp_rate(threads: int, rounds: int = 400, width: int = 2048) -> float:
+    """Exps per second of the kernels' exp at ``threads`` threads (rows of 2048 floats: 8 KiB, in L1)."""
+    torch.set_num_threads(threads)
+    tasks = 8 * threads
+    x = np.linspace(-8.0, 0.0, tasks * width, dtype=np.float32).reshape(tasks, width)
+    scales = np.linspace(0.5, 1.5, rounds).astype(np.float32)
+    out = np.zeros_like(x)
+    clock = time.process_time if threads == 1 else time.perf_counter
+    start = clock()
+    _run_tasks(_exp_rows, tasks, (x, scales, out))
+    elapsed = clock() - start
+    assert np.isfinite(out).all()
+    return tasks * width * rounds / elapsed
+
+
+# ----- the kernels, timed inside the mixer -----
+
+def mixer_inputs(shape: BlockShape, seed: int = 0) -> dict:
+    """Random inputs like an initialised block's: xz (batch, L, 2 d_inner), per direction conv, x_proj, dt_proj
+    (dt in [0.001, 0.1] through its bias), A = -(1..N), D = 1; out_proj (hidden, d_inner)."""
+    generator = torch.Generator().manual_seed(seed)
+    d, n, r = shape.d_inner, shape.state, shape.rank
+
+    def randn(*size, scale=1.0):
+        return torch.randn(*size, generator=generator) * scale
+
+    dt = torch.exp(torch.rand(2, d, generator=generator) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))
+    return dict(
+        xz=randn(shape.batch, shape.length, 2 * d),
+        conv_weight=randn(2, d, shape.conv, scale=shape.conv ** -0.5), conv_bias=randn(2, d, scale=0.1),
+        x_proj_weight=randn(2, r + 2 * n, d, scale=d ** -0.5), dt_proj_weight=randn(2, d, r, scale=r ** -0.5),
+        dt_proj_bias=dt + torch.log(-torch.expm1(-dt)),  # softplus(bias) = dt
+        A=-torch.arange(1, n + 1, dtype=torch.float32).repeat(2, d, 1), D=torch.ones(2, d),
+        out_proj_weight=randn(shape.hidden, d, scale=d ** -0.5),
+    )
+
+
+class KernelTimer:
+    """Wraps the numba kernels the mixer calls and records each call's time (seconds) under (phase, name): the
+    mixer's backward calls conv_silu_forward too (it recomputes the conv's outputs)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.phase = "forward"
+        self.times = {}
+        self.kernels = numba_kernels()
+        self.originals = {name: getattr(self.kernels, name) for name in KERNELS}
+
+    def __enter__(self):
+        for name, kernel in self.originals.items():
+            setattr(self.kernels, name, self._timed(name, kernel))
+        return self
+
+    def __exit__(self, *exc):
+        for name, kernel in self.originals.items():
+            setattr(self.kernels, name, kernel)
+
+    def _timed(self, name, kernel):
+        def run(*args):
+            start = self.clock()
+            kernel(*args)
+            self.times.setdefault((self.phase, name), []).append(self.clock() - start)
+
+        return run
+
+
+def mixer_round(inputs: dict, timer: KernelTimer) -> tuple[float, float]:
+    """One forward and one backward of the mixer op; returns their times (the kernels' calls are in timer)."""
+    ops = torch.ops.stretchysnake
+    args = [inputs[k] for k in ("xz", "conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias",
+                                "A", "D", "out_proj_weight")]
+    timer.phase = "forward"
+    start = timer.clock()
+    out, checkpoints = ops.bidirectional_mixer_fwd(*args)
+    middle = timer.clock()
+    timer.phase = "backward"
+    ops.bidirectional_mixer_bwd(torch.ones_like(out), *args, checkpoints)
+    return middle - start, timer.clock() - middle
+
+
+def measure(shapes, threads: int, repeats: int) -> dict:
+    """Round-robin: the exp probe, then one mixer forward + backward per shape; medians per kernel call."""
+    torch.set_num_threads(threads)
+    clock = time.process_time if threads == 1 else time.perf_counter
+    inputs = {key: mixer_inputs(SHAPES[key]) for key in shapes}
+    timers = {key: KernelTimer(clock) for key in shapes}
+    mixer_times = {key: [] for key in shapes}
+    rates = []
+    exp_rate(threads, rounds=10)  # compiles the probe
+    for key in shapes:  # warm-up: the kernels' first call compiles or loads them
+        with timers[key]:
+            mixer_round(inputs[key], timers[key])
+        timers[key].times = {}
+    for _ in range(repeats):
+        rates.append(exp_rate(threads))
+        for key in shapes:
+            torch.set_num_threads(threads)
+            with timers[key]:
+                mixer_times[key].append(mixer_round(inputs[key], timers[key]))
+    rate = statistics.median(rates)
+    results = {"threads": threads, "exp_per_second": rate, "shapes": {}}
+    for key in shapes:
+        shape = SHAPES[key]
+        kernels = {}
+        for (phase, name), calls in timers[key].times.items():
+            per_round = len(calls) // repeats  # the scans run once per direction
+            seconds = statistics.median(sum(calls[i:i + per_round]) for i in range(0, len(calls), per_round))
+            exps = exp_count(name, shape) * per_round
+            kernels[f"{phase}: {name}"] = {"phase": phase, "name": name, "calls_per_round": per_round,
+                                           "ms": 1e3 * seconds, "exps": exps, "floor_ms": 1e3 * exps / rate,
+                                           "ratio": seconds * rate / exps}
+        forward = statistics.median(t[0] for t in mixer_times[key])
+        backward = statistics.median(t[1] for t in mixer_times[key])
+        results["shapes"][key] = {"shape": shape.__dict__ | {"name": shape.name}, "kernels": kernels,
+                                  "mixer_forward_ms": 1e3 * forward, "mixer_backward_ms": 1e3 * backward}
+    return results
+
+
+def report(all_results, shapes) -> str:
+    lines = []
+    for results in all_results:
+        threads = results["threads"]
+        lines.append(f"\n{threads} thread{'s' * (threads > 1)}: the kernels' exp runs at "
+                     f"{results['exp_per_second'] / 1e9:.2f} G/s ({'CPU' if threads == 1 else 'wall'} time)")
+        lines.append("| shape | kernel | calls | ms | exps (M) | exp floor ms | ms / floor |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for key in shapes:
+            shape_results = results["shapes"][key]
+            for name, k in shape_results["kernels"].items():
+                lines.append(f"| {SHAPES[key].name} | {name} | {k['calls_per_round']} | {k['ms']:.2f} | "
+                             f"{k['exps'] / 1e6:.2f} | {k['floor_ms']:.2f} | {k['ratio']:.2f} |")
+            kernel_ms = {phase: sum(k["ms"] for k in shape_results["kernels"].values() if k["phase"] == phase)
+                         for phase in ("forward", "backward")}
+            for direction in ("forward", "backward"):
+                total = shape_results[f"mixer_{direction}_ms"]
+                lines.append(f"| {SHAPES[key].name} | mixer op {direction} (kernels {kernel_ms[direction]:.2f} ms, "
+                             f"{kernel_ms[direction] / total:.0%}) | 1 | {total:.2f} | | | |")
+    lines.append("\nGPU (Triton) kernels, counts per call (float32; bytes: each input read and each output written "
+                 "once):")
+    lines.append("| shape | kernel | exps (M) | GFLOP | MB | FLOP / byte |")
+    lines.append("|---|---|---|---|---|---|")
+    for key in shapes:
+        for name in ("scan_forward", "scan_backward"):
+            c = gpu_counts(name, SHAPES[key])
+            lines.append(f"| {SHAPES[key].name} | {name} | {c['exps'] / 1e6:.2f} | {c['flops'] / 1e9:.3f} | "
+                         f"{c['bytes'] / 1e6:.2f} | {c['flops_per_byte']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["main", "tiny"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=11, help="rounds (medians)")
+    parser.add_argument("--output", default=None, help="a JSON file for the results")
+    args = parser.parse_args(argv)
+    print(f"torch {torch.__version__}, GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}; medians of {args.repeats} "
+          f"rounds", flush=True)
+    all_results = [measure(args.shapes, threads, args.repeats) for threads in args.threads]
+    print(report(all_results, args.shapes))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(all_results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
