@@ -245,10 +245,16 @@ def fit_cascade(stage_logits: torch.Tensor, labels: torch.Tensor, scales: list[t
         stage = stops.double().argmax(0)  # the first stage that stops the clip
         return (100.0 * correct.gather(0, stage[None]).mean().item(), spent[stage].mean().item())
 
-    def better(new, old):  # (top1, cost) pairs: feasible first, then cheaper (target) or more accurate (budget)
+    def rank(score):  # (top1, cost) -> sort key: a rule that meets the target (or fits the budget) first, then the
+        top1, cost = score  # cheaper (target) or the more accurate (budget); short of it, the nearest to it
         if budget is None:
-            return (new[0] >= target_top1 - 1e-9, -new[1], new[0]) > (old[0] >= target_top1 - 1e-9, -old[1], old[0])
-        return (new[1] <= budget + 1e-12, new[0], -new[1]) > (old[1] <= budget + 1e-12, old[0], -old[1])
+            met = top1 >= target_top1 - 1e-9
+            return (met, -cost, top1) if met else (met, top1, -cost)
+        fits = cost <= budget + 1e-12
+        return (fits, top1, -cost) if fits else (fits, -cost, top1)
+
+    def better(new, old):
+        return rank(new) > rank(old)
 
     quantiles = torch.linspace(0, 1, candidates, dtype=torch.float64)
     grid = sorted(set(torch.quantile(confidences.flatten(), quantiles).tolist()) | {NEVER})

@@ -234,3 +234,14 @@ def test_the_brief_motion_task_hides_some_motions_between_sparse_frames():
         assert max(columns) - columns[0] >= 96 // 2 - 96 // 3  # the excursion travels as far as a crossing
         missed += not set(moving) & set(np.linspace(0, 23, 4).round().astype(int).tolist())
     assert missed >= 5  # 4 frames over 24 miss many excursions
+
+
+def test_calibration_short_of_its_target_or_budget_comes_as_close_as_it_can():
+    stage_logits = torch.stack([logits_with_confidence([0.9, 0.4, 0.4, 0.6]),  # right on clips 0 and 3
+                                logits_with_confidence([0.9, 0.6, 0.4, 0.6])])  # right on clips 0, 1 and 3
+    labels = torch.zeros(4, dtype=torch.long)
+    scales = SCALES[:2]
+    unreachable = fit_cascade(stage_logits, labels, scales, [1.0, 2.0], target_top1=100.0, combine="last")
+    assert unreachable.fitted["top1"] == 75.0  # the most accurate rule there is
+    too_small = fit_cascade(stage_logits, labels, scales, [1.0, 2.0], budget=0.5, combine="last")
+    assert too_small.fitted["mean_cost"] == 1.0  # the cheapest rule there is
