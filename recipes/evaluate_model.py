@@ -39,6 +39,7 @@ from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.training.cascade_evaluation import measure_cascade
 from modeling_stretchysnake.video_decoding import VideoDecodeError
 from modeling_stretchysnake.training.data import VideoClipDataset
+from modeling_stretchysnake.training.distributed import end_processes
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
 from modeling_stretchysnake.pretrained import load_model, resolve_model_reference
 from modeling_stretchysnake.training.probes import probe_scores
@@ -111,6 +112,7 @@ def main(argv=None):
     unreadable = trainer.unreadable_videos(test_set)
     if trainer.is_world_process_zero():
         report(args, model, results, trainer.last_grid_metrics, len(test_set), unreadable)
+    end_processes()
     return results
 
 

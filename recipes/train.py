@@ -42,6 +42,7 @@ from modeling_stretchysnake import (
 from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.training.compute_budget import save_scale_accuracy
 from modeling_stretchysnake.training.data import VideoClipDataset
+from modeling_stretchysnake.training.distributed import end_processes
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
 from modeling_stretchysnake.pretrained import load_model
 from modeling_stretchysnake.training.reporting import format_table, plot_heatmaps, plot_training_curves, write_results
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
                           title=f"fixed {fixed[0]}x{fixed[1]}: top-1 (%)",
                           grid_metrics=runs[f"fixed {fixed[0]}x{fixed[1]}"][0].last_grid_metrics)
             print(f"\nfixed-scale model: {output_dir / 'fixed_scale' / 'final'}; both grids: {comparison}")
+    end_processes()
     return metrics
 
 if __name__ == "__main__":

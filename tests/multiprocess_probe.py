@@ -27,6 +27,7 @@ from conftest import small_config  # noqa: E402
 
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor  # noqa: E402
 from modeling_stretchysnake.training.data import MultiScaleBatchSampler, VideoClipDataset, collate_clips  # noqa: E402
+from modeling_stretchysnake.training.distributed import end_processes  # noqa: E402
 from modeling_stretchysnake.training.scales import ScaleSampler  # noqa: E402
 from modeling_stretchysnake.training.trainer import StretchySnakeTrainer, _MultiScaleDataLoader  # noqa: E402
 
@@ -125,6 +126,7 @@ def main():
         torch.save({k: v.detach().cpu() for k, v in weights.items()}, out / f"rank{rank}.pt")
     if args.final:
         trainer.save_model(str(out / "final"))
+    end_processes()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""FSDP on CPU processes through Accelerate's own FSDP machinery.
+"""FSDP on CPU processes through Accelerate's own FSDP machinery, and the end of a distributed run.
 
 `accelerate launch` with an FSDP config starts the processes and describes the FSDP plugin in the environment
 (ACCELERATE_USE_FSDP, FSDP_*), but Accelerate turns a distributed run into FSDP only on an accelerator device: on
@@ -12,8 +12,13 @@ checkpoints exactly as it does on GPUs.
 from __future__ import annotations
 
 import logging
+import time
+
+import torch
 
 logger = logging.getLogger(__name__)
+
+WORKER_DRAIN_SECONDS = 0.5  # ample for a gloo worker that waits only for the GIL
 
 
 def fsdp_requested() -> bool:
@@ -48,3 +53,15 @@ def use_fsdp_on_cpu(accelerator) -> bool:
     logger.info("FSDP2 on %d CPU processes (gloo): Accelerate sets up FSDP only on accelerator devices, so the "
                 "launcher's FSDP plugin is applied to the CPU run", state.num_processes)
     return True
+
+
+def end_processes() -> None:
+    """The end of a script's distributed run: shut this process's process group down while the interpreter is fully
+    alive. A gloo worker thread disposes of a finished collective's tensors after the caller has moved on, and that
+    needs the GIL: left to the interpreter's exit it cannot get it and the rank aborts now and then ("terminate called
+    without an active exception", pytorch/pytorch#190489), and a process-group shutdown that starts before it has got
+    it waits for the worker while holding the GIL, forever. So the GIL is released for a moment first (the worker
+    finishes), then the group is shut down. No barrier: each rank ends when its own work is done, as before."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        time.sleep(WORKER_DRAIN_SECONDS)
+        torch.distributed.destroy_process_group()
