@@ -81,7 +81,9 @@ def main(argv=None):
     for name in args.runs:
         short = train(name, args.probe_steps, args, out, evaluate=False)[1]
         long = train(name, 2 * args.probe_steps, args, out, evaluate=False)[1]
-        per_step = max(long - short, 1e-3) / args.probe_steps
+        # a step's marginal time; the difference of two timings can come out near 0 on a loaded machine, so it is
+        # floored at a quarter of the longer probe's mean step (which counts start-up too)
+        per_step = max((long - short) / args.probe_steps, long / (2 * args.probe_steps) / 4)
         steps = max(1, round(args.seconds / per_step))
         print(f"{name}: {per_step * 1000:.0f} ms a step in the probes -> {steps} steps", flush=True)
         start = time.perf_counter()
