@@ -11,7 +11,7 @@ import torch
 
 from ..cascade import ScaleCascade, cascade_summary, derive_scale, run_cascade
 from ..modeling_stretchysnake import resolve_patch_size
-from .compute_budget import forward_gflops, measure_milliseconds
+from .compute_budget import ScaleCost, forward_gflops, measure_milliseconds, pareto_front
 from .data import VideoClipDataset
 from .scales import Scale
 
@@ -56,14 +56,12 @@ def scale_costs(model, scales: list[tuple[int, int]], unit: str = "gflops", reme
 
 def cheapest_first_front(scales: list[tuple[int, int]], top1: list[float], costs: list[float]
                          ) -> list[int]:
-    """Indices of the scales on the accuracy-cost Pareto front, cheapest first, ending at the most accurate: the
-    stages worth running (a scale that costs more and scores no better than a cheaper one adds only cost)."""
-    front, best = [], float("-inf")
-    for index in sorted(range(len(scales)), key=lambda i: (costs[i], -top1[i])):
-        if top1[index] > best:
-            front.append(index)
-            best = top1[index]
-    return front
+    """Indices of the scales on the accuracy-cost Pareto front (`compute_budget.pareto_front`), cheapest first, ending
+    at the most accurate: the stages worth running (a scale that costs more and scores no better than a cheaper one
+    adds only cost)."""
+    rows = [ScaleCost(Scale(f, r, None), top1[i], gflops=costs[i]) for i, (f, r) in enumerate(scales)]
+    front = {id(row) for row in pareto_front(rows, "gflops")}
+    return sorted((i for i, row in enumerate(rows) if id(row) in front), key=lambda i: costs[i])
 
 
 @torch.inference_mode()
