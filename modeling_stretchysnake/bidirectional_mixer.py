@@ -12,6 +12,7 @@ Autograd keeps only xz, the (small) weights and the scans' state checkpoints (on
 ``CHECKPOINT_EVERY`` steps, per direction). Backward recomputes the conv output, x_proj's output, the time steps and
 the gated outputs (for out_proj's weight gradient) from xz, as mamba-ssm's fused inner function does with
 ``checkpoint_lvl=1`` (which also recomputes the gated output, but keeps x_proj's output and the ungated scan output).
+The conv runs once in backward: its recomputation keeps the pre-activations for the conv's own gradient.
 
 ``stretchysnake::bidirectional_mixer_fwd`` / ``_bwd`` are ``torch.library`` custom ops (fake implementations for
 shapes, ``register_autograd`` for gradients), so ``torch.compile`` and ``torch.export`` see one opaque op. Kernels:
@@ -36,7 +37,6 @@ from .custom_ops import register_differentiable_op
 from .selective_scan_fused import (
     CHECKPOINT_EVERY,
     compute_dtype,
-    gradient_groups,
     numba_kernels,
     triton_kernels,
 )
@@ -49,15 +49,18 @@ def _chunks(length: int) -> int:
 # ----- kernels per device: conv + SiLU of both directions, and one direction's scan -----
 
 
-def _conv_silu(x, conv_weight, conv_bias):
-    """x (batch, d_inner, L), any strides -> (xc_forward, xc_backward), each (batch, d_inner, L) contiguous."""
+def _conv_silu(x, conv_weight, conv_bias, keep_pre_activations=False):
+    """x (batch, d_inner, L), any strides -> (xc_forward, xc_backward), each (batch, d_inner, L) contiguous, and
+    what ``_conv_silu_backward`` needs from this call (the numba kernel's pre-activations when asked to keep them)."""
     if custom_ops.uses_numba(x):
         kernels = numba_kernels()
         out = torch.empty(2, *x.shape, dtype=x.dtype)
+        pre = torch.empty(2, *x.shape, dtype=x.dtype) if keep_pre_activations else x.new_empty(2, 0, 0, 0)
         kernels.conv_silu_forward(x.numpy(), conv_weight[0].numpy(), conv_bias[0].numpy(), conv_weight[1].numpy(),
-                                  conv_bias[1].numpy(), out[0].numpy(), out[1].numpy())
-        return out[0], out[1]
-    return tuple(F.silu(pre) for pre in _conv_torch(x, conv_weight, conv_bias))
+                                  conv_bias[1].numpy(), out[0].numpy(), out[1].numpy(), pre[0].numpy(),
+                                  pre[1].numpy())
+        return out[0], out[1], pre
+    return *(F.silu(pre) for pre in _conv_torch(x, conv_weight, conv_bias)), None
 
 
 def _conv_torch(x, conv_weight, conv_bias):
@@ -68,17 +71,19 @@ def _conv_torch(x, conv_weight, conv_bias):
     return forward[..., :length], backward[..., width - 1:]
 
 
-def _conv_silu_backward(x, conv_weight, conv_bias, grad_forward, grad_backward, grad_x):
-    """Writes grad_x (batch, d_inner, L, any strides); returns the gradients of conv_weight and conv_bias."""
+def _conv_silu_backward(x, conv_weight, conv_bias, pre_activations, grad_forward, grad_backward, grad_x):
+    """Writes grad_x (batch, d_inner, L, any strides); returns the gradients of conv_weight and conv_bias.
+    pre_activations: what ``_conv_silu(..., keep_pre_activations=True)`` returned with the outputs (the numba
+    kernel's, so the conv is computed once in backward; the PyTorch path recomputes them)."""
     if custom_ops.uses_numba(x):
         kernels = numba_kernels()
         batch, d_inner, _ = x.shape
         grad_weight = torch.empty(2, batch, d_inner, conv_weight.shape[-1], dtype=x.dtype)
         grad_bias = torch.empty(2, batch, d_inner, dtype=x.dtype)
-        kernels.conv_silu_backward(x.numpy(), conv_weight[0].numpy(), conv_bias[0].numpy(), conv_weight[1].numpy(),
-                                   conv_bias[1].numpy(), grad_forward.numpy(), grad_backward.numpy(), grad_x.numpy(),
-                                   grad_weight[0].numpy(), grad_bias[0].numpy(), grad_weight[1].numpy(),
-                                   grad_bias[1].numpy())
+        kernels.conv_silu_backward(x.numpy(), conv_weight[0].numpy(), conv_weight[1].numpy(),
+                                   pre_activations[0].numpy(), pre_activations[1].numpy(), grad_forward.numpy(),
+                                   grad_backward.numpy(), grad_x.numpy(), grad_weight[0].numpy(),
+                                   grad_bias[0].numpy(), grad_weight[1].numpy(), grad_bias[1].numpy())
         return grad_weight.sum(1), grad_bias.sum(1)
     width = conv_weight.shape[-1]
     grad_pre = []
@@ -117,7 +122,7 @@ def _scan_backward(grad_y, u, delta, A, B_rows, C_rows, D, z, delta_bias, checkp
     batch, d_inner, length = u.shape
     n_state = A.shape[1]
     if custom_ops.uses_numba(u):
-        groups = gradient_groups(batch, d_inner)
+        groups = numba_kernels().gradient_groups(batch, d_inner)
         new = functools.partial(torch.empty, dtype=u.dtype)
         grads = (new(batch, d_inner, length), new(batch, d_inner, length), grad_z, new(batch, d_inner, n_state),
                  new(batch, d_inner), new(batch, d_inner), torch.empty(batch, groups, length, n_state, dtype=u.dtype),
@@ -199,7 +204,7 @@ def _forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_
     x, z = _split(xz.to(A.dtype))  # a 16-bit xz is kept as it is for backward and computed in float32
     y = A.new_empty(batch, length, xz.shape[-1] // 2)  # the sum of both directions, in (batch, L, d_inner)
     checkpoints = []
-    for direction, xc in enumerate(_conv_silu(x, conv_weight, conv_bias)):
+    for direction, xc in enumerate(_conv_silu(x, conv_weight, conv_bias)[:2]):
         dt, B_rows, C_rows, delta = _direction_inputs(xc, x_proj_weight[direction], dt_proj_weight[direction],
                                                       rank, n_state)
         checkpoints.append(_scan_forward(xc, delta, A[direction], B_rows, C_rows, D[direction], z,
@@ -250,7 +255,7 @@ def _backward_impl(grad_out, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_
     y = None if out_proj_weight is None else A.new_zeros(batch, length, width // 2)  # recomputed, for out_proj
     grads = {name: [] for name in ("x_proj", "dt_proj", "dt_bias", "A", "D")}
     grad_xc = []
-    xcs = _conv_silu(x, conv_weight, conv_bias)
+    *xcs, pre_activations = _conv_silu(x, conv_weight, conv_bias, keep_pre_activations=True)
     for direction, xc in enumerate(xcs):
         dt, B_rows, C_rows, delta = _direction_inputs(xc, x_proj_weight[direction], dt_proj_weight[direction],
                                                       rank, n_state)
@@ -267,7 +272,8 @@ def _backward_impl(grad_out, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_
         for name, grad in (("dt_bias", grad_bias), ("A", grad_A), ("D", grad_D)):
             grads[name].append(grad)
         del dt, B_rows, C_rows, delta, grad_delta, grad_B, grad_C, grad_dt, grad_x_dbl  # before the next direction
-    grad_conv_weight, grad_conv_bias = _conv_silu_backward(x, conv_weight, conv_bias, *grad_xc, grad_x)
+    grad_conv_weight, grad_conv_bias = _conv_silu_backward(x, conv_weight, conv_bias, pre_activations, *grad_xc,
+                                                           grad_x)
     if out_proj_weight is None:
         grad_out_proj = A.new_empty(0)
     else:

@@ -21,26 +21,22 @@ from . import custom_ops
 from .custom_ops import register_differentiable_op
 
 CHECKPOINT_EVERY = 128  # at most this many steps between the states forward saves for backward
-GRADIENT_TASKS = 32  # CPU backward: about this many (batch, channel group) tasks, at most 16 groups per batch item
-
-
-def gradient_groups(batch: int, d_inner: int) -> int:
-    """Channel groups per batch item in the CPU backward: each keeps its own (L, N) partial sums of dB and dC
-    (summed afterwards, so no atomics and the same result for any thread count). Enough groups to spread the work
-    over GRADIENT_TASKS tasks, few enough that the partials stay small next to the activations at large batch."""
-    return max(1, min(d_inner, 16, -(-GRADIENT_TASKS // batch)))
-
-
 # The kernels are imported on first use, in the `from .module import` form: transformers copies the files that
 # form names into a saved model folder, so trust_remote_code users get the kernels too.
 @functools.cache
 def numba_kernels():
     """The numba kernels, compiled (or loaded from numba's cache) by the first call; raises ImportError without
     numba."""
-    from .selective_scan_numba import conv_silu_backward, conv_silu_forward, scan_backward, scan_forward
+    from .selective_scan_numba import (
+        conv_silu_backward,
+        conv_silu_forward,
+        gradient_groups,
+        scan_backward,
+        scan_forward,
+    )
 
     return SimpleNamespace(scan_forward=scan_forward, scan_backward=scan_backward, conv_silu_forward=conv_silu_forward,
-                           conv_silu_backward=conv_silu_backward)
+                           conv_silu_backward=conv_silu_backward, gradient_groups=gradient_groups)
 
 
 @functools.cache
@@ -152,7 +148,7 @@ def _selective_scan_bwd(
     else:
         kernels = numba_kernels()
         dtype = checkpoints.dtype
-        groups = gradient_groups(batch, d_inner)
+        groups = kernels.gradient_groups(batch, d_inner)
         new = functools.partial(torch.empty, dtype=dtype)
         grads = (new(batch, d_inner, length), new(batch, d_inner, length),
                  torch.zeros(batch, d_inner, length, dtype=dtype) if z is not None else new(0, 0, 0),

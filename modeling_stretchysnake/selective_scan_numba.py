@@ -6,23 +6,32 @@ exact per-step recurrence, so any decay is handled without splitting or overflow
     dt_t = softplus(delta_t + delta_bias)        h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t
     y_t  = (<h_t, C_t> + D * u_t) * silu(z_t)
 
-Layout: one task per (batch, channel) in forward; the loop over L keeps the N-value state in a small
-local array and is vectorised over N (polynomial ``exp`` / ``log1p`` that LLVM can vectorise: numba's
-``math.exp`` is a scalar libm call, ~10x slower here). Softplus and the gate's sigmoid are computed in
-separate vectorisable passes over time. The state before every ``checkpoint_every``-th step is saved; backward
-recomputes one such chunk at a time into a (chunk + 1, N) buffer and walks it back, so training memory is
-O(L * d_inner) rather than O(L * d_inner * N). Gradients of B and C are summed over channels per group of channels into
-(batch, groups, L, N) buffers and reduced afterwards in torch: no atomics, deterministic for any thread count.
+Layout: the channels are the vectors. A task takes a block of LANES (16) channels of one batch item and gathers its
+sequences into (L, LANES) buffers; the loop over L advances the (N, LANES) state with every operation a vector over
+the block's channels, so ``y = sum_n C h`` is a vertical sum (no horizontal reduction per step) and the exps of the
+16 channels run side by side (polynomial ``exp`` / ``log1p`` that LLVM can vectorise: numba's ``math.exp`` is a
+scalar libm call, ~10x slower here). The state before every ``checkpoint_every``-th step is saved; backward
+recomputes one such chunk at a time into a (chunk + 1, N, LANES) buffer and walks it back, so training memory is
+O(L * d_inner) rather than O(L * d_inner * N). Gradients of B and C are summed per lane over the blocks of a group of
+channels, then over the lanes in order, into (batch, groups, L, N) buffers reduced afterwards in torch: no atomics,
+deterministic for any thread count. The depthwise conv + SiLU kernels keep one channel per task, vectorised over L.
+
+Two things keep LLVM vectorising, both measured: the kernels' working buffers come in as arguments (numba marks a
+kernel's arguments ``noalias``, never the arrays it allocates, and without it the per-lane sums stay in memory), and
+every per-element index is one numba can prove non-negative (it wraps any other, such as ``t + K - 1``, and the
+wrap keeps a loop scalar: the conv backward ran 4x slower so).
 
 The kernels are compiled when this module is first imported, for float32 and float64 (``cache=True``: once per
 machine, then loaded from numba's cache).
 
 Threads: each kernel is one sequential numba function over a range of independent tasks (``nogil``), and
-``_run_tasks`` spreads the tasks over ``torch.get_num_threads()`` Python threads. numba's own ``parallel=True``
-is not used: it compiles a prange body twice (once on its own, once linked into its caller and optimised again),
-and which copy runs depends on whether the kernel was just compiled or loaded from the cache. With the fast-math
-flags the two copies vectorise the sums differently, so a freshly compiled kernel and a cached one differed in the
-last bits (bench/RESULTS.md, "Determinism"). A sequential kernel has one compiled body, the one numba caches.
+``_run_tasks`` spreads the tasks over ``torch.get_num_threads()`` Python threads, each with its own buffers. numba's
+own ``parallel=True`` is not used: it compiles a prange body twice (once on its own, once linked into its caller and
+optimised again), and which copy runs depends on whether the kernel was just compiled or loaded from the cache. With
+the fast-math flags the two copies vectorise the sums differently, so a freshly compiled kernel and a cached one
+differed in the last bits (bench/RESULTS.md, "Determinism"). A sequential kernel has one compiled body, the one numba
+caches; for the same reason every helper is inlined (``inline="always"``): a helper compiled as a function of its own
+is linked into its caller and optimised again, and the fresh and the cached kernel differed in the last bits again.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+
 try:  # transformers' remote-code import check skips try blocks: numba stays optional for Hub users
     import numba  # noqa: F401
     from numba import njit
@@ -44,6 +54,18 @@ try:  # transformers' remote-code import check skips try blocks: numba stays opt
 except ImportError as error:
     raise ImportError("the fused CPU selective scan needs numba (pip install numba)") from error
 
+
+
+LANES = 16  # channels computed side by side, as the lanes of one vector (a task is a block of them)
+GRADIENT_TASKS = 32  # backward: about this many (batch, channel group) tasks, at most 16 groups per batch item
+
+
+def gradient_groups(batch: int, d_inner: int) -> int:
+    """Channel groups per batch item in the CPU backward, each a run of blocks of LANES channels: each keeps its own
+    (L, N) partial sums of dB and dC (summed afterwards, so no atomics and the same result for any thread count).
+    Enough groups to spread the work over GRADIENT_TASKS tasks, few enough that the partials stay small next to the
+    activations at large batch."""
+    return max(1, min(-(-d_inner // LANES), 16, -(-GRADIENT_TASKS // batch)))
 
 
 class _NoAliasCompiler(compiler.Compiler):
@@ -150,156 +172,241 @@ def _softplus(x, zero):
     return max(x, zero) + log1p_vectorisable(exp_vectorisable(-abs(x)))
 
 
-@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
-def _time_steps(delta_row, bias, softplus, zero, out):
-    """out[i] = softplus(delta_row[i] + bias) (or without softplus). The strided row is gathered first, so the
-    softplus pass runs over a contiguous buffer and vectorises."""
-    for i in range(out.shape[0]):
-        out[i] = delta_row[i]
-    for i in range(out.shape[0]):
-        raw = out[i] + bias
-        out[i] = _softplus(raw, zero) if softplus else raw
-
-
 def _signatures(kind):
     """Explicit signatures, float32 and float64: one compiled kernel per dtype whatever the inputs' strides. The
     per-channel sequences (u, delta, z, grad_out) may be any strided view ("A" layout: the mixer hands over
-    transposes and chunks, which would otherwise be copied on every call); the arrays the loop over N vectorises
-    over (A, B, C, the state) are C-contiguous."""
+    transposes and chunks, which would otherwise be copied on every call); the arrays the loops vectorise over
+    (A, B, C, the state) are C-contiguous. Each kernel ends with its working buffers (``_buffers``)."""
     signatures = []
     for t in (types.float32, types.float64):
         seq, c1, c2, c3, c4, flag = t[:, :, :], t[::1], t[:, ::1], t[:, :, ::1], t[:, :, :, ::1], types.boolean
         tasks = (types.int64, types.int64)  # the range of tasks this call computes
         if kind == "forward":
             signatures.append(types.void(*tasks, seq, seq, c2, c3, c3, c1, seq, c1, flag, flag, flag, flag, flag,
-                                         flag, seq, c4))
+                                         flag, seq, c4, *(c2,) * 5, *(c1,) * 3))
         elif kind == "backward":
             signatures.append(types.void(*tasks, seq, seq, seq, c2, c3, c3, c1, seq, c1, c4, flag, flag, flag, flag,
-                                         flag, flag, seq, seq, seq, c3, c2, c2, c4, c4, seq))
+                                         flag, flag, seq, seq, seq, c3, c2, c2, c4, c4, seq,
+                                         *(c2,) * 9, *(c3,) * 4, *(c2,) * 3, *(c1,) * 7))
         elif kind == "conv":  # depthwise conv + SiLU, both directions
-            signatures.append(types.void(*tasks, seq, c2, c1, c2, c1, c3, c3))
+            signatures.append(types.void(*tasks, seq, c2, c1, c2, c1, c3, c3, c3, c3, c1))
         else:  # its gradient
-            signatures.append(types.void(*tasks, seq, c2, c1, c2, c1, seq, seq, seq, c3, c2, c3, c2))
+            signatures.append(types.void(*tasks, seq, c2, c2, c3, c3, seq, seq, seq, c3, c2, c3, c2, *(c1,) * 4))
     return signatures
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
-def _forward_steps(u, A, B, C, b, d, start, stop, reverse, skip, time_steps, state, ys, n_state):
-    """Scan steps start..stop - 1 of channel d: advance state (N,) and write ys[t] = <h_t, C_t> + D u_t."""
-    length = u.shape[2]
+def _gather_lanes(rows, b, d0, lanes, zero, out):
+    """out[t, c] = rows[b, d0 + c, t] for the block's channels (rows: (batch, d_inner, L), any strides), zero in
+    the lanes past d_inner's end. Reads along whichever axis of rows is the closer in memory. (Through a view:
+    numba wraps an index it cannot prove non-negative, such as d0 + c, and that keeps a loop from vectorising.)"""
+    length = rows.shape[2]
+    block = rows[b, d0:d0 + lanes]
+    if lanes < LANES:
+        out[:, :] = zero
+    if rows.strides[1] <= rows.strides[2]:  # channels closer: a (batch, L, d_inner) tensor's transposed view
+        if lanes == LANES:  # a constant count: the inner copy unrolls
+            for t in range(length):
+                for c in range(LANES):
+                    out[t, c] = block[c, t]
+        else:
+            for t in range(length):
+                for c in range(lanes):
+                    out[t, c] = block[c, t]
+    else:
+        for c in range(lanes):
+            for t in range(length):
+                out[t, c] = block[c, t]
+
+
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
+def _scatter_lanes(lane_rows, rows, b, d0, lanes, accumulate):
+    """rows[b, d0 + c, t] = (or +=) lane_rows[t, c] for the block's channels; the loop order as in _gather_lanes."""
+    length = rows.shape[2]
+    block = rows[b, d0:d0 + lanes]
+    if rows.strides[1] <= rows.strides[2]:
+        for t in range(length):
+            for c in range(lanes):
+                if accumulate:
+                    block[c, t] += lane_rows[t, c]
+                else:
+                    block[c, t] = lane_rows[t, c]
+    else:
+        for c in range(lanes):
+            for t in range(length):
+                if accumulate:
+                    block[c, t] += lane_rows[t, c]
+                else:
+                    block[c, t] = lane_rows[t, c]
+
+
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
+def _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases):
+    """The block's A transposed to (N, LANES), its D and delta_bias (LANES,); zero past d_inner's end (a zero rate,
+    input and time step keep such a lane's state at zero)."""
+    for c in range(LANES):
+        valid = c < lanes
+        skips[c] = D[d0 + c] if valid and has_D else zero
+        biases[c] = delta_bias[d0 + c] if valid and has_bias else zero
+        for n in range(A.shape[1]):
+            decay_rates[n, c] = A[d0 + c, n] if valid else zero
+
+
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
+def _time_steps(time_steps, biases, softplus, zero, slopes):
+    """time_steps (L, LANES) <- softplus(raw + bias) (or raw + bias); with slopes (L, LANES; or empty): softplus'
+    slope there, sigmoid(raw + bias) (or 1). The bias row by row, then one flat pass (it vectorises) in which the
+    slope shares softplus' exp: with e = exp(-|v|), softplus(v) = max(v, 0) + log1p(e), sigmoid(v) = 1 / (1 + e)
+    for v >= 0, e / (1 + e) below."""
+    length = time_steps.shape[0]
+    one = zero + 1
+    for t in range(length):
+        for c in range(LANES):
+            time_steps[t, c] += biases[c]
+    if not softplus:
+        slopes[:, :] = one
+        return
+    raw = time_steps.reshape(length * LANES)
+    if slopes.size:
+        flat_slopes = slopes.reshape(length * LANES)
+        for i in range(length * LANES):
+            v = raw[i]
+            e = exp_vectorisable(-abs(v))
+            inverse = one / (one + e)
+            flat_slopes[i] = inverse if v >= zero else e * inverse
+            raw[i] = max(v, zero) + log1p_vectorisable(e)
+    else:
+        for i in range(length * LANES):
+            raw[i] = _softplus(raw[i], zero)
+
+
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
+def _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips, decay_rates, state, inputs, ys,
+                   n_state):
+    """Scan steps start..stop - 1 of a block of LANES channels: advance state (N, LANES) and write
+    ys[t] = <h_t, C_t> + D u_t (LANES,). Vectorised over the lanes: the sum over N is a vertical one."""
     for s in range(start, stop):
         t = length - 1 - s if reverse else s
-        dt = time_steps[t]
-        x = u[b, d, t]
-        dt_x = dt * x
-        y = x * skip
+        for c in range(LANES):
+            inputs[c] = time_steps[t, c] * xs[t, c]
+            ys[t, c] = skips[c] * xs[t, c]
         for n in range(n_state):
-            state[n] = exp_vectorisable(dt * A[d, n]) * state[n] + dt_x * B[b, t, n]
-            y += state[n] * C[b, t, n]
-        ys[t] = y
+            b_n = B[b, t, n]
+            c_n = C[b, t, n]
+            for c in range(LANES):
+                h = exp_vectorisable(time_steps[t, c] * decay_rates[n, c]) * state[n, c] + inputs[c] * b_n
+                state[n, c] = h
+                ys[t, c] += h * c_n
 
 
 @njit(_signatures("forward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
       pipeline_class=_NoAliasCompiler)
 def _scan_forward_tasks(first_task, last_task, u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias,
-                        reverse, accumulate, out, checkpoints):
+                        reverse, accumulate, out, checkpoints, xs, time_steps, ys, decay_rates, state, skips, biases,
+                        inputs):
     """u, delta, z: (batch, d_inner, L), any strides; A: (d_inner, N); B, C: (batch, L, N); D, delta_bias:
     (d_inner,) or empty. Writes out (batch, d_inner, L, any strides), or adds to it with ``accumulate``, and checkpoints
     (batch, d_inner, chunks, N): the state before each chunk of checkpoint_every = ceil(L / chunks) steps. With
     ``reverse`` the scan runs from the last step to the first (step s of the scan is position L - 1 - s), as the
-    backward branch of a bidirectional mixer does without flipping its inputs; chunks count in scan order."""
-    batch, d_inner, length = u.shape
+    backward branch of a bidirectional mixer does without flipping its inputs; chunks count in scan order.
+    One task is a block of LANES channels of one batch item, computed side by side as the lanes of vectors.
+    Buffers: xs, time_steps, ys (L, LANES); decay_rates, state (N, LANES); skips, biases, inputs (LANES,)."""
+    d_inner, length = u.shape[1], u.shape[2]
     n_state = A.shape[1]
+    blocks = -(-d_inner // LANES)
     checkpoint_every = -(-length // checkpoints.shape[2])
     zero = u.dtype.type(0.0)
     one = u.dtype.type(1.0)
-    state = np.empty(n_state, dtype=u.dtype)  # buffers of one task, reused by the next
-    time_steps = np.empty(length, dtype=u.dtype)
-    ys = np.empty(length, dtype=u.dtype)
-    for task in range(first_task, last_task):  # of batch * d_inner
-        b = task // d_inner
-        d = task % d_inner
-        state[:] = zero
-        _time_steps(delta[b, d], delta_bias[d] if has_bias else zero, softplus, zero, time_steps)
-        skip = D[d] if has_D else zero
+    for task in range(first_task, last_task):  # of batch * blocks
+        b = task // blocks
+        d0 = task % blocks * LANES
+        lanes = min(LANES, d_inner - d0)
+        _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
+        _gather_lanes(u, b, d0, lanes, zero, xs)
+        _gather_lanes(delta, b, d0, lanes, zero, time_steps)
+        _time_steps(time_steps, biases, softplus, zero, xs[:0])
+        state[:, :] = zero
         for chunk in range(checkpoints.shape[2]):
-            for n in range(n_state):
-                checkpoints[b, d, chunk, n] = state[n]
+            for c in range(lanes):
+                for n in range(n_state):
+                    checkpoints[b, d0 + c, chunk, n] = state[n, c]
             start = chunk * checkpoint_every
             stop = min(start + checkpoint_every, length)
-            if n_state == 16:  # the usual state size as a constant: LLVM unrolls the loop over N into vectors
-                _forward_steps(u, A, B, C, b, d, start, stop, reverse, skip, time_steps, state, ys, 16)
+            if n_state == 16:  # the usual state size as a constant: LLVM unrolls the loop over N
+                _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips, decay_rates, state,
+                               inputs, ys, 16)
             else:
-                _forward_steps(u, A, B, C, b, d, start, stop, reverse, skip, time_steps, state, ys, n_state)
+                _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips, decay_rates, state,
+                               inputs, ys, n_state)
         if has_z:
-            gates = time_steps  # reused: gather the strided gate row, then one vectorisable pass
-            for t in range(length):
-                gates[t] = z[b, d, t]
-            for t in range(length):
-                ys[t] *= gates[t] * _sigmoid(gates[t], one)
-        if accumulate:
-            for t in range(length):
-                out[b, d, t] += ys[t]
-        else:
-            for t in range(length):
-                out[b, d, t] = ys[t]
+            _gather_lanes(z, b, d0, lanes, zero, time_steps)  # reused for the gates
+            gates = time_steps.reshape(length * LANES)  # flat: one long vector loop
+            flat_ys = ys.reshape(length * LANES)
+            for i in range(length * LANES):
+                flat_ys[i] *= gates[i] * _sigmoid(gates[i], one)
+        _scatter_lanes(ys, out, b, d0, lanes, accumulate)
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
-def _backward_chunk(grad_out, u, A, B, C, z, b, d, g, start, steps, reverse, has_z, has_y, skip, time_steps,
-                    softplus_slopes, gate_sigmoids, states, decays, grad_state, grad_A, sums,
-                    grad_u, grad_delta, grad_z, grad_B_parts, grad_C_parts, y_out, n_state):
-    """One checkpoint chunk of channel d in backward: recompute its states from states[0], then walk it back,
-    carrying grad_state (N,) and accumulating grad_A (N,) and the grad_D, grad_bias sums (sums[0], sums[1]).
-    (At most 30 arguments: CPython passes more as *args, which numba cannot inline.)"""
-    length = u.shape[2]
-    zero = u.dtype.type(0.0)
-    one = u.dtype.type(1.0)
-    grad_D = sums[0]
-    grad_bias = sums[1]
+def _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs, n_state):
+    """One checkpoint chunk of a block in backward: recompute its states (steps + 1, N, LANES) from states[0], then
+    walk it back, carrying grad_state (N, LANES) and accumulating grad_A (N, LANES), the grad_D, grad_bias sums
+    (LANES,) and dB, dC per lane (grad_B_lanes, grad_C_lanes: (L, N, LANES)); writes grad_u, grad_delta, grad_z and
+    the gated y (L, LANES). The arrays come in tuples (CPython passes more than 30 arguments as *args, which numba
+    cannot inline)."""
+    xs, time_steps, slopes, gates, grad_ys = sequences
+    skips, decay_rates, states, decays, grad_state, grad_A, sums_D, sums_bias, grad_x, grad_dt, ys = parameters
+    grad_u, grad_delta, grad_z, y_gated, grad_B_lanes, grad_C_lanes = outputs
+    length = xs.shape[0]
+    zero = xs.dtype.type(0.0)
+    one = xs.dtype.type(1.0)
     for i in range(steps):  # recompute the chunk's states
         t = length - 1 - (start + i) if reverse else start + i
-        dt = time_steps[i]
-        dt_x = dt * u[b, d, t]
+        for c in range(LANES):
+            grad_x[c] = time_steps[t, c] * xs[t, c]  # here: the step's input dt * x
         for n in range(n_state):
-            decay = exp_vectorisable(dt * A[d, n])
-            decays[i, n] = decay
-            states[i + 1, n] = decay * states[i, n] + dt_x * B[b, t, n]
+            b_n = B[b, t, n]
+            for c in range(LANES):
+                decay = exp_vectorisable(time_steps[t, c] * decay_rates[n, c])
+                decays[i, n, c] = decay
+                states[i + 1, n, c] = decay * states[i, n, c] + grad_x[c] * b_n
     for i in range(steps - 1, -1, -1):  # and walk it back
         t = length - 1 - (start + i) if reverse else start + i
-        x = u[b, d, t]
-        dt = time_steps[i]
-        grad_y = grad_out[b, d, t]
         if has_z or has_y:
-            y = skip * x
+            for c in range(LANES):
+                ys[c] = skips[c] * xs[t, c]
             for n in range(n_state):
-                y += states[i + 1, n] * C[b, t, n]
-            if has_z:
-                gate = z[b, d, t]
-                sigmoid = gate_sigmoids[i]
-                grad_z[b, d, t] += grad_y * y * sigmoid * (one + gate * (one - sigmoid))
-                grad_y *= gate * sigmoid
-                y *= gate * sigmoid
-            if has_y:
-                y_out[b, d, t] += y
-        grad_D += grad_y * x
-        grad_dt = zero
-        grad_x = zero
+                c_n = C[b, t, n]
+                for c in range(LANES):
+                    ys[c] += states[i + 1, n, c] * c_n
+            for c in range(LANES):
+                if has_z:
+                    gate = gates[t, c]
+                    sigmoid = _sigmoid(gate, one)
+                    grad_z[t, c] = grad_ys[t, c] * ys[c] * sigmoid * (one + gate * (one - sigmoid))
+                    grad_ys[t, c] *= gate * sigmoid
+                    ys[c] *= gate * sigmoid
+                y_gated[t, c] = ys[c]
+        for c in range(LANES):
+            sums_D[c] += grad_ys[t, c] * xs[t, c]
+            grad_dt[c] = zero
+            grad_x[c] = zero
         for n in range(n_state):
-            g_h = grad_state[n] + grad_y * C[b, t, n]  # dLoss/dh_t
-            grad_C_parts[b, g, t, n] += grad_y * states[i + 1, n]
-            grad_B_parts[b, g, t, n] += g_h * dt * x
-            decayed_previous = decays[i, n] * states[i, n]
-            grad_dt += g_h * (A[d, n] * decayed_previous + B[b, t, n] * x)
-            grad_A[n] += g_h * dt * decayed_previous
-            grad_x += g_h * B[b, t, n]
-            grad_state[n] = g_h * decays[i, n]  # dLoss/dh_{t-1} through h_t
-        grad_u[b, d, t] = grad_y * skip + grad_x * dt
-        grad_dt *= softplus_slopes[i]
-        grad_delta[b, d, t] = grad_dt
-        grad_bias += grad_dt
-    sums[0] = grad_D
-    sums[1] = grad_bias
+            b_n = B[b, t, n]
+            c_n = C[b, t, n]
+            for c in range(LANES):
+                g_h = grad_state[n, c] + grad_ys[t, c] * c_n  # dLoss/dh_t
+                grad_C_lanes[t, n, c] += grad_ys[t, c] * states[i + 1, n, c]
+                grad_B_lanes[t, n, c] += g_h * time_steps[t, c] * xs[t, c]
+                decayed_previous = decays[i, n, c] * states[i, n, c]
+                grad_dt[c] += g_h * (decay_rates[n, c] * decayed_previous + b_n * xs[t, c])
+                grad_A[n, c] += g_h * time_steps[t, c] * decayed_previous
+                grad_x[c] += g_h * b_n
+                grad_state[n, c] = g_h * decays[i, n, c]  # dLoss/dh_{t-1} through h_t
+        for c in range(LANES):
+            grad_u[t, c] = grad_ys[t, c] * skips[c] + grad_x[c] * time_steps[t, c]
+            grad_delta[t, c] = grad_dt[c] * slopes[t, c]
+            sums_bias[c] += grad_delta[t, c]
 
 
 @njit(_signatures("backward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
@@ -308,6 +415,9 @@ def _scan_backward_tasks(
     first_task, last_task, grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z,
     has_bias, reverse, has_y,
     grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts, y_out,
+    xs, time_steps, slopes, gates, grad_ys, lane_grad_u, lane_grad_delta, lane_grad_z, lane_y,
+    grad_B_lanes, grad_C_lanes, states, decays, decay_rates, grad_state, grad_A,
+    skips, biases, sums_D, sums_bias, grad_x, grad_dt, ys,
 ):
     """Reverse scan. Inputs as in ``scan_forward`` plus grad_out (batch, d_inner, L). Writes grad_u,
     grad_delta (batch, d_inner, L); adds to grad_z (batch, d_inner, L, must be zero on entry or hold another
@@ -315,69 +425,71 @@ def _scan_backward_tasks(
     (batch, d_inner); per-group partials grad_B_parts, grad_C_parts (batch, groups, L, N). With ``has_y`` it
     also adds the recomputed (gated) output to y_out (batch, d_inner, L), for the gradient
     of a projection after the scan. grad_delta is with respect to the raw delta (before bias and softplus). The
-    three (batch, d_inner, L) outputs may have any strides."""
-    batch, d_inner, length = u.shape
+    three (batch, d_inner, L) outputs may have any strides. One task is a group of blocks of LANES channels of one
+    batch item; its dB and dC are summed over its channels lane by lane, then over the lanes in order. Buffers:
+    (L, LANES) sequences; grad_B_lanes, grad_C_lanes (L, N, LANES); states (chunk + 1, N, LANES) (states[i + 1]: h
+    after step i), decays (chunk, N, LANES); (N, LANES) and (LANES,) vectors."""
+    d_inner, length = u.shape[1], u.shape[2]
     n_state = A.shape[1]
     checkpoint_every = -(-length // checkpoints.shape[2])
     groups = grad_B_parts.shape[1]
-    per_group = (d_inner + groups - 1) // groups
+    blocks = -(-d_inner // LANES)
+    blocks_per_group = -(-blocks // groups)
     zero = u.dtype.type(0.0)
-    one = u.dtype.type(1.0)
-    # buffers of one task, reused by the next
-    states = np.empty((checkpoint_every + 1, n_state), dtype=u.dtype)  # states[i + 1] = h after step i
-    decays = np.empty((checkpoint_every, n_state), dtype=u.dtype)
-    time_steps = np.empty(checkpoint_every, dtype=u.dtype)
-    softplus_slopes = np.empty(checkpoint_every, dtype=u.dtype)
-    gate_sigmoids = np.empty(checkpoint_every, dtype=u.dtype)
-    grad_state = np.empty(n_state, dtype=u.dtype)
-    grad_A = np.empty(n_state, dtype=u.dtype)
-    sums = np.empty(2, dtype=u.dtype)  # grad_D, grad_bias of the channel
+    sequences = (xs, time_steps, slopes, gates, grad_ys)
+    parameters = (skips, decay_rates, states, decays, grad_state, grad_A, sums_D, sums_bias, grad_x, grad_dt, ys)
+    outputs = (lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes, grad_C_lanes)
     for task in range(first_task, last_task):  # of batch * groups
         b = task // groups
         g = task % groups
-        for t in range(length):  # zeroed here, by the thread that fills them, not by a separate pass
-            for n in range(n_state):
-                grad_B_parts[b, g, t, n] = zero
-                grad_C_parts[b, g, t, n] = zero
-        for d in range(g * per_group, min((g + 1) * per_group, d_inner)):
-            bias = delta_bias[d] if has_bias else zero
-            skip = D[d] if has_D else zero
-            for n in range(n_state):
-                grad_state[n] = zero
-                grad_A[n] = zero
-            sums[0] = zero
-            sums[1] = zero
+        grad_B_lanes[:, :, :] = zero
+        grad_C_lanes[:, :, :] = zero
+        for block in range(g * blocks_per_group, min((g + 1) * blocks_per_group, blocks)):
+            d0 = block * LANES
+            lanes = min(LANES, d_inner - d0)
+            _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
+            _gather_lanes(u, b, d0, lanes, zero, xs)
+            _gather_lanes(delta, b, d0, lanes, zero, time_steps)
+            _gather_lanes(grad_out, b, d0, lanes, zero, grad_ys)  # zero past the end: those lanes add nothing
+            if has_z:
+                _gather_lanes(z, b, d0, lanes, zero, gates)
+            _time_steps(time_steps, biases, softplus, zero, slopes)
+            grad_state[:, :] = zero
+            grad_A[:, :] = zero
+            sums_D[:] = zero
+            sums_bias[:] = zero
             for chunk in range(checkpoints.shape[2] - 1, -1, -1):
                 start = chunk * checkpoint_every
                 steps = min(checkpoint_every, length - start)
-                for i in range(steps):  # gather the chunk's strided rows ...
-                    t = length - 1 - (start + i) if reverse else start + i
-                    softplus_slopes[i] = delta[b, d, t] + bias
-                    if has_z:
-                        gate_sigmoids[i] = z[b, d, t]
-                for i in range(steps):  # ... then the per-step scalars in vectorisable passes
-                    raw = softplus_slopes[i]
-                    time_steps[i] = _softplus(raw, zero) if softplus else raw
-                    softplus_slopes[i] = _sigmoid(raw, one) if softplus else one
-                if has_z:
-                    for i in range(steps):
-                        gate_sigmoids[i] = _sigmoid(gate_sigmoids[i], one)
-                for n in range(n_state):
-                    states[0, n] = checkpoints[b, d, chunk, n]
+                states[0, :, :] = zero
+                for c in range(lanes):
+                    for n in range(n_state):
+                        states[0, n, c] = checkpoints[b, d0 + c, chunk, n]
                 if n_state == 16:  # as in forward: the usual state size as a constant
-                    _backward_chunk(
-                        grad_out, u, A, B, C, z, b, d, g, start, steps, reverse, has_z, has_y, skip, time_steps,
-                        softplus_slopes, gate_sigmoids, states, decays, grad_state, grad_A, sums,
-                        grad_u, grad_delta, grad_z, grad_B_parts, grad_C_parts, y_out, 16)
+                    _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs, 16)
                 else:
-                    _backward_chunk(
-                        grad_out, u, A, B, C, z, b, d, g, start, steps, reverse, has_z, has_y, skip, time_steps,
-                        softplus_slopes, gate_sigmoids, states, decays, grad_state, grad_A, sums,
-                        grad_u, grad_delta, grad_z, grad_B_parts, grad_C_parts, y_out, n_state)
+                    _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs,
+                                    n_state)
+            for c in range(lanes):
+                for n in range(n_state):
+                    grad_A_parts[b, d0 + c, n] = grad_A[n, c]
+                grad_D_parts[b, d0 + c] = sums_D[c]
+                grad_bias_parts[b, d0 + c] = sums_bias[c]
+            _scatter_lanes(lane_grad_u, grad_u, b, d0, lanes, False)
+            _scatter_lanes(lane_grad_delta, grad_delta, b, d0, lanes, False)
+            if has_z:
+                _scatter_lanes(lane_grad_z, grad_z, b, d0, lanes, True)
+            if has_y:
+                _scatter_lanes(lane_y, y_out, b, d0, lanes, True)
+        for t in range(length):  # the task's dB, dC: the lanes' sums, in lane order
             for n in range(n_state):
-                grad_A_parts[b, d, n] = grad_A[n]
-            grad_D_parts[b, d] = sums[0]
-            grad_bias_parts[b, d] = sums[1]
+                total_B = grad_B_lanes[t, n, 0]
+                total_C = grad_C_lanes[t, n, 0]
+                for c in range(1, LANES):
+                    total_B += grad_B_lanes[t, n, c]
+                    total_C += grad_C_lanes[t, n, c]
+                grad_B_parts[b, g, t, n] = total_B
+                grad_C_parts[b, g, t, n] = total_C
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
@@ -408,24 +520,31 @@ def _conv_transposed(grad_pre, grad_pre_b, weight, weight_b, d, length, out, wid
 
 @njit(_signatures("conv"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
       pipeline_class=_NoAliasCompiler)
-def _conv_silu_forward_tasks(first_task, last_task, x, weight, bias, weight_b, bias_b, out, out_b):
+def _conv_silu_forward_tasks(first_task, last_task, x, weight, bias, weight_b, bias_b, out, out_b, pre, pre_b,
+                             padded):
     """Both directions' depthwise conv + SiLU in one pass over x (batch, d_inner, L), any strides: out is the causal
     conv (out[t] reads x[t - K + 1 .. t]), out_b the anti-causal one (out_b[t] reads x[t + K - 1 .. t], weight
     index k on x[t + K - 1 - k]: the causal conv of the flipped sequence, flipped back). weight, weight_b
-    (d_inner, K); bias, bias_b (d_inner,); out, out_b (batch, d_inner, L)."""
-    batch, d_inner, length = x.shape
+    (d_inner, K); bias, bias_b (d_inner,); out, out_b (batch, d_inner, L). pre, pre_b: the pre-activations
+    (batch, d_inner, L) for ``conv_silu_backward``, or empty arrays when they are not kept. Buffer: padded
+    (L + 2 (K - 1),), zero on entry: x with K - 1 zeros on each side (each task rewrites the middle)."""
+    d_inner, length = x.shape[1], x.shape[2]
     width = weight.shape[1]
     one = x.dtype.type(1.0)
-    padded = np.zeros(length + 2 * (width - 1), dtype=x.dtype)  # x with K - 1 zeros on each side (the ends stay 0)
+    middle = padded[width - 1:width - 1 + length]  # a view: numba wraps an index it cannot prove non-negative (slow)
     for task in range(first_task, last_task):  # of batch * d_inner
         b = task // d_inner
         d = task % d_inner
         for t in range(length):
-            padded[t + width - 1] = x[b, d, t]
+            middle[t] = x[b, d, t]
         if width == 4:
             _conv_both(padded, weight, bias, weight_b, bias_b, d, length, out[b, d], out_b[b, d], 4)
         else:
             _conv_both(padded, weight, bias, weight_b, bias_b, d, length, out[b, d], out_b[b, d], width)
+        if pre.shape[0]:
+            for t in range(length):
+                pre[b, d, t] = out[b, d, t]
+                pre_b[b, d, t] = out_b[b, d, t]
         for t in range(length):
             out[b, d, t] *= _sigmoid(out[b, d, t], one)
             out_b[b, d, t] *= _sigmoid(out_b[b, d, t], one)
@@ -433,61 +552,59 @@ def _conv_silu_forward_tasks(first_task, last_task, x, weight, bias, weight_b, b
 
 @njit(_signatures("conv_backward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
       pipeline_class=_NoAliasCompiler)
-def _conv_silu_backward_tasks(first_task, last_task, x, weight, bias, weight_b, bias_b, grad_out, grad_out_b, grad_x,
-                              grad_weight_parts, grad_bias_parts, grad_weight_b_parts, grad_bias_b_parts):
-    """Gradient of ``conv_silu_forward`` given the gradients of out and out_b (batch, d_inner, L): writes grad_x
-    (batch, d_inner, L, any strides; both directions summed) and per-batch partials of the weights' gradients
-    (batch, d_inner, K) and the biases' (batch, d_inner). The pre-activations are recomputed, not saved."""
-    batch, d_inner, length = x.shape
+def _conv_silu_backward_tasks(first_task, last_task, x, weight, weight_b, pre, pre_b, grad_out, grad_out_b, grad_x,
+                              grad_weight_parts, grad_bias_parts, grad_weight_b_parts, grad_bias_b_parts, padded,
+                              grad_pre, grad_pre_b, grad_input):
+    """Gradient of ``conv_silu_forward`` given the gradients of out and out_b (batch, d_inner, L) and the
+    pre-activations that call kept (pre, pre_b): writes grad_x (batch, d_inner, L, any strides; both directions
+    summed) and per-batch partials of the weights' gradients (batch, d_inner, K) and the biases' (batch, d_inner).
+    Buffers: padded (x) and grad_pre, grad_pre_b (the pre-activations' gradients, position t at t + K - 1), each
+    (L + 2 (K - 1),) and zero on entry (the ends stay zero); grad_input (L,)."""
+    d_inner, length = x.shape[1], x.shape[2]
     width = weight.shape[1]
     zero = x.dtype.type(0.0)
     one = x.dtype.type(1.0)
-    # buffers of one task, reused by the next: each task rewrites positions K - 1 .. K - 2 + L, the zeros around stay
-    span = length + 2 * (width - 1)
-    padded = np.zeros(span, dtype=x.dtype)
-    # gradients of the pre-activations, position t at t + K - 1 with zeros around (for the transposed conv)
-    grad_pre = np.zeros(span, dtype=x.dtype)
-    grad_pre_b = np.zeros(span, dtype=x.dtype)
-    pre = np.empty(length, dtype=x.dtype)
-    pre_b = np.empty(length, dtype=x.dtype)
+    # views, not offset indices: numba wraps an index it cannot prove non-negative, and that stops vectorisation
+    x_middle = padded[width - 1:width - 1 + length]
+    grad_middle = grad_pre[width - 1:width - 1 + length]
+    grad_middle_b = grad_pre_b[width - 1:width - 1 + length]
     for task in range(first_task, last_task):  # of batch * d_inner
         b = task // d_inner
         d = task % d_inner
         for t in range(length):
-            padded[t + width - 1] = x[b, d, t]
-        if width == 4:
-            _conv_both(padded, weight, bias, weight_b, bias_b, d, length, pre, pre_b, 4)
-        else:
-            _conv_both(padded, weight, bias, weight_b, bias_b, d, length, pre, pre_b, width)
-        for t in range(length):  # gather the (strided) incoming gradients, so the SiLU' pass vectorises
-            grad_pre[t + width - 1] = grad_out[b, d, t]
-            grad_pre_b[t + width - 1] = grad_out_b[b, d, t]
+            x_middle[t] = x[b, d, t]
+            grad_middle[t] = grad_out[b, d, t]
+            grad_middle_b[t] = grad_out_b[b, d, t]
         for t in range(length):  # SiLU'(v) = s (1 + v (1 - s)), s = sigmoid(v)
-            s = _sigmoid(pre[t], one)
-            grad_pre[t + width - 1] *= s * (one + pre[t] * (one - s))
-            s = _sigmoid(pre_b[t], one)
-            grad_pre_b[t + width - 1] *= s * (one + pre_b[t] * (one - s))
+            v = pre[b, d, t]
+            s = _sigmoid(v, one)
+            grad_middle[t] *= s * (one + v * (one - s))
+            v = pre_b[b, d, t]
+            s = _sigmoid(v, one)
+            grad_middle_b[t] *= s * (one + v * (one - s))
         grad_b_sum = zero
         grad_b_sum_b = zero
         for t in range(length):
-            grad_b_sum += grad_pre[t + width - 1]
-            grad_b_sum_b += grad_pre_b[t + width - 1]
+            grad_b_sum += grad_middle[t]
+            grad_b_sum_b += grad_middle_b[t]
         grad_bias_parts[b, d] = grad_b_sum
         grad_bias_b_parts[b, d] = grad_b_sum_b
         for k in range(width):
             forward = zero
             backward = zero
+            x_forward = padded[k:k + length]  # the x each tap met, in both directions
+            x_backward = padded[2 * (width - 1) - k:2 * (width - 1) - k + length]
             for t in range(length):
-                forward += grad_pre[t + width - 1] * padded[t + k]
-                backward += grad_pre_b[t + width - 1] * padded[t + 2 * (width - 1) - k]
+                forward += grad_middle[t] * x_forward[t]
+                backward += grad_middle_b[t] * x_backward[t]
             grad_weight_parts[b, d, k] = forward
             grad_weight_b_parts[b, d, k] = backward
         if width == 4:
-            _conv_transposed(grad_pre, grad_pre_b, weight, weight_b, d, length, pre, 4)
+            _conv_transposed(grad_pre, grad_pre_b, weight, weight_b, d, length, grad_input, 4)
         else:
-            _conv_transposed(grad_pre, grad_pre_b, weight, weight_b, d, length, pre, width)
+            _conv_transposed(grad_pre, grad_pre_b, weight, weight_b, d, length, grad_input, width)
         for t in range(length):
-            grad_x[b, d, t] = pre[t]
+            grad_x[b, d, t] = grad_input[t]
 
 
 # ----- running a kernel's tasks on torch's thread count -----
@@ -506,22 +623,24 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
-def _run_tasks(kernel, tasks: int, args: tuple) -> None:
-    """kernel(first, last, *args) over tasks 0..tasks - 1 on torch.get_num_threads() threads, the caller's among
-    them. Every task writes only its own outputs, so the split does not change the result."""
+def _run_tasks(kernel, tasks: int, args: tuple, buffers) -> None:
+    """kernel(first, last, *args, *buffers()) over tasks 0..tasks - 1 on torch.get_num_threads() threads, the
+    caller's among them, each thread with buffers of its own. Every task writes only its own outputs, so the split
+    does not change the result."""
     threads = max(1, min(torch.get_num_threads(), tasks))
     if threads == 1:
-        kernel(0, tasks, *args)
+        kernel(0, tasks, *args, *buffers())
         return
     chunks = min(tasks, threads * _CHUNKS_PER_THREAD)
     bounds = [tasks * i // chunks for i in range(chunks + 1)]
     next_chunk = itertools.count()  # next() on a count is atomic under the GIL
 
     def work():
+        own = buffers()
         for chunk in next_chunk:
             if chunk >= chunks:
                 return
-            kernel(bounds[chunk], bounds[chunk + 1], *args)
+            kernel(bounds[chunk], bounds[chunk + 1], *args, *own)
 
     helpers = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
     work()
@@ -529,23 +648,70 @@ def _run_tasks(kernel, tasks: int, args: tuple) -> None:
         helper.result()
 
 
-def _on_threads(kernel, task_count):
-    """``kernel`` without its task range: runs all ``task_count(*args)`` tasks of a call."""
+def _on_threads(kernel, task_count, buffers):
+    """``kernel`` without its task range and buffers: runs all ``task_count(*args)`` tasks of a call. The working
+    buffers (``buffers(*args)``) are allocated here and passed in, not by the kernel: numba marks a kernel's
+    arguments ``noalias`` (``_NoAliasCompiler``) but knows nothing of arrays it allocates itself, and without that
+    LLVM keeps the per-lane sums in memory and leaves loops scalar."""
 
     def run(*args):
-        _run_tasks(kernel, task_count(*args), args)
+        _run_tasks(kernel, task_count(*args), args, lambda: buffers(*args))
 
     run.__name__ = kernel.__name__.removeprefix("_").removesuffix("_tasks")
     run.__doc__ = kernel.__doc__
     return run
 
 
+def _aligned_empty(shape, dtype, fill=None):
+    """An array whose data starts on a 64-byte boundary (a cache line: a row of LANES float32 is one line, and no
+    vector load straddles two)."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + 64, dtype=np.uint8)
+    offset = -raw.ctypes.data % 64
+    array = raw[offset:offset + size].view(dtype).reshape(shape)
+    if fill is not None:
+        array[...] = fill
+    return array
+
+
+def _lane_buffers(dtype, *shapes):
+    return tuple(_aligned_empty((*shape, LANES), dtype) for shape in shapes)
+
+
+def _scan_forward_buffers(u, delta, A, *_):
+    length, n_state = u.shape[2], A.shape[1]
+    return _lane_buffers(delta.dtype, (length,), (length,), (length,), (n_state,), (n_state,), (), (), ())
+
+
+def _scan_backward_buffers(grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, *_):
+    length, n_state = u.shape[2], A.shape[1]
+    chunk = -(-length // checkpoints.shape[2])
+    return _lane_buffers(delta.dtype, *((length,),) * 9, (length, n_state), (length, n_state), (chunk + 1, n_state),
+                         (chunk, n_state), *((n_state,),) * 3, *((),) * 7)
+
+
+def _padded_buffers(count):
+    def buffers(x, weight, *_):
+        span = x.shape[2] + 2 * (weight.shape[1] - 1)
+        return (*(_aligned_empty(span, weight.dtype, fill=0) for _ in range(count)),
+                _aligned_empty(x.shape[2], weight.dtype))
+
+    return buffers
+
+
 def _batch_times_channels(x, *_):
     return x.shape[0] * x.shape[1]
 
 
-scan_forward = _on_threads(_scan_forward_tasks, _batch_times_channels)
+def _batch_times_blocks(x, *_):
+    return x.shape[0] * -(-x.shape[1] // LANES)
+
+
+scan_forward = _on_threads(_scan_forward_tasks, _batch_times_blocks, _scan_forward_buffers)
 # one task per (batch, channel group): grad_B_parts (batch, groups, L, N) is the 23rd argument
-scan_backward = _on_threads(_scan_backward_tasks, lambda *args: args[22].shape[0] * args[22].shape[1])
-conv_silu_forward = _on_threads(_conv_silu_forward_tasks, _batch_times_channels)
-conv_silu_backward = _on_threads(_conv_silu_backward_tasks, _batch_times_channels)
+scan_backward = _on_threads(_scan_backward_tasks, lambda *args: args[22].shape[0] * args[22].shape[1],
+                            _scan_backward_buffers)
+conv_silu_forward = _on_threads(_conv_silu_forward_tasks, _batch_times_channels,
+                                lambda *args: _padded_buffers(1)(*args)[:1])
+conv_silu_backward = _on_threads(_conv_silu_backward_tasks, _batch_times_channels, _padded_buffers(3))
