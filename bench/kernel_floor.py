@@ -111,7 +111,7 @@ def exp_rate(threads: int, rounds: int = 400, width: int = 2048) -> float:
     out = np.zeros_like(x)
     clock = time.process_time if threads == 1 else time.perf_counter
     start = clock()
-    _run_tasks(_exp_rows, tasks, (x, scales, out), tuple)
+    _run_tasks(_exp_rows, tasks, (x, scales, out))
     elapsed = clock() - start
     assert np.isfinite(out).all()
     return tasks * width * rounds / elapsed

@@ -623,20 +623,21 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
-def _run_tasks(kernel, tasks: int, args: tuple, buffers) -> None:
-    """kernel(first, last, *args, *buffers()) over tasks 0..tasks - 1 on torch.get_num_threads() threads, the
-    caller's among them, each thread with buffers of its own. Every task writes only its own outputs, so the split
-    does not change the result."""
+def _run_tasks(kernel, tasks: int, args: tuple, buffers=None) -> None:
+    """kernel(first, last, *args, *working buffers) over tasks 0..tasks - 1 on torch.get_num_threads() threads, the
+    caller's among them, each thread with buffers of its own (``buffers(*args)``: their spec, see ``_buffers``).
+    Every task writes only its own outputs, so the split does not change the result."""
     threads = max(1, min(torch.get_num_threads(), tasks))
+    spec = buffers(*args) if buffers else ()
     if threads == 1:
-        kernel(0, tasks, *args, *buffers())
+        kernel(0, tasks, *args, *_buffers(kernel, spec))
         return
     chunks = min(tasks, threads * _CHUNKS_PER_THREAD)
     bounds = [tasks * i // chunks for i in range(chunks + 1)]
     next_chunk = itertools.count()  # next() on a count is atomic under the GIL
 
     def work():
-        own = buffers()
+        own = _buffers(kernel, spec)
         for chunk in next_chunk:
             if chunk >= chunks:
                 return
@@ -648,35 +649,45 @@ def _run_tasks(kernel, tasks: int, args: tuple, buffers) -> None:
         helper.result()
 
 
+_thread_buffers = threading.local()
+
+
+def _buffers(kernel, spec) -> tuple:
+    """This thread's working buffers for ``kernel``, one per (shape, dtype) in spec, zero-filled when allocated (the
+    conv kernels rely on zeros where they never write). Kept from the last call while the spec is the same: a
+    training run calls each kernel with the same shapes again and again, and allocating ~25 aligned buffers costs
+    about what a small call's kernel does. Each starts on a 64-byte boundary (a row of LANES float32 is one cache
+    line: no vector load straddles two)."""
+    cache = _thread_buffers.__dict__.setdefault("by_kernel", {})
+    kept = cache.get(kernel)
+    if kept is not None and kept[0] == spec:
+        return kept[1]
+    sizes = [math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in spec]
+    offsets = list(itertools.accumulate((-(-size // 64) * 64 for size in sizes), initial=0))
+    memory = np.zeros(offsets[-1] + 64, dtype=np.uint8)
+    start = -memory.ctypes.data % 64
+    arrays = tuple(memory[start + offset:start + offset + size].view(dtype).reshape(shape)
+                   for offset, size, (shape, dtype) in zip(offsets, sizes, spec))
+    cache[kernel] = (spec, arrays)
+    return arrays
+
+
 def _on_threads(kernel, task_count, buffers):
     """``kernel`` without its task range and buffers: runs all ``task_count(*args)`` tasks of a call. The working
-    buffers (``buffers(*args)``) are allocated here and passed in, not by the kernel: numba marks a kernel's
-    arguments ``noalias`` (``_NoAliasCompiler``) but knows nothing of arrays it allocates itself, and without that
-    LLVM keeps the per-lane sums in memory and leaves loops scalar."""
+    buffers (``buffers(*args)``: their spec) are allocated here and passed in, not by the kernel: numba marks a
+    kernel's arguments ``noalias`` (``_NoAliasCompiler``) but knows nothing of arrays it allocates itself, and
+    without that LLVM keeps the per-lane sums in memory and leaves loops scalar."""
 
     def run(*args):
-        _run_tasks(kernel, task_count(*args), args, lambda: buffers(*args))
+        _run_tasks(kernel, task_count(*args), args, buffers)
 
     run.__name__ = kernel.__name__.removeprefix("_").removesuffix("_tasks")
     run.__doc__ = kernel.__doc__
     return run
 
 
-def _aligned_empty(shape, dtype, fill=None):
-    """An array whose data starts on a 64-byte boundary (a cache line: a row of LANES float32 is one line, and no
-    vector load straddles two)."""
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(size + 64, dtype=np.uint8)
-    offset = -raw.ctypes.data % 64
-    array = raw[offset:offset + size].view(dtype).reshape(shape)
-    if fill is not None:
-        array[...] = fill
-    return array
-
-
 def _lane_buffers(dtype, *shapes):
-    return tuple(_aligned_empty((*shape, LANES), dtype) for shape in shapes)
+    return tuple(((*shape, LANES), dtype.str) for shape in shapes)
 
 
 def _scan_forward_buffers(u, delta, A, *_):
@@ -691,13 +702,14 @@ def _scan_backward_buffers(grad_out, u, delta, A, B, C, D, z, delta_bias, checkp
                          (chunk, n_state), *((n_state,),) * 3, *((),) * 7)
 
 
-def _padded_buffers(count):
-    def buffers(x, weight, *_):
-        span = x.shape[2] + 2 * (weight.shape[1] - 1)
-        return (*(_aligned_empty(span, weight.dtype, fill=0) for _ in range(count)),
-                _aligned_empty(x.shape[2], weight.dtype))
+def _conv_buffers(padded):
+    """``padded`` buffers of L + 2 (K - 1) (x or a gradient with K - 1 zeros on each side), then one of L."""
 
-    return buffers
+    def spec(x, weight, *_):
+        span, dtype = x.shape[2] + 2 * (weight.shape[1] - 1), weight.dtype.str
+        return (*(((span,), dtype),) * padded, ((x.shape[2],), dtype))
+
+    return spec
 
 
 def _batch_times_channels(x, *_):
@@ -713,5 +725,5 @@ scan_forward = _on_threads(_scan_forward_tasks, _batch_times_blocks, _scan_forwa
 scan_backward = _on_threads(_scan_backward_tasks, lambda *args: args[22].shape[0] * args[22].shape[1],
                             _scan_backward_buffers)
 conv_silu_forward = _on_threads(_conv_silu_forward_tasks, _batch_times_channels,
-                                lambda *args: _padded_buffers(1)(*args)[:1])
-conv_silu_backward = _on_threads(_conv_silu_backward_tasks, _batch_times_channels, _padded_buffers(3))
+                                lambda *args: _conv_buffers(1)(*args)[:1])
+conv_silu_backward = _on_threads(_conv_silu_backward_tasks, _batch_times_channels, _conv_buffers(3))
