@@ -34,7 +34,15 @@ from numba import njit  # noqa: E402
 
 from modeling_stretchysnake import bidirectional_mixer  # noqa: E402,F401  (registers the mixer ops)
 from modeling_stretchysnake.selective_scan_fused import numba_kernels  # noqa: E402
-from modeling_stretchysnake.selective_scan_numba import _FAST, _run_tasks, exp_vectorisable  # noqa: E402
+from modeling_stretchysnake.selective_scan_numba import (  # noqa: E402
+    _FAST,
+    LANES,
+    _backward_chunk,
+    _forward_steps,
+    _NoAliasCompiler,
+    _run_tasks,
+    exp_vectorisable,
+)
 
 KERNELS = ("conv_silu_forward", "scan_forward", "scan_backward", "conv_silu_backward")
 
@@ -115,6 +123,63 @@ def exp_rate(threads: int, rounds: int = 400, width: int = 2048) -> float:
     elapsed = clock() - start
     assert np.isfinite(out).all()
     return tasks * width * rounds / elapsed
+
+
+# ----- where a scan kernel's time goes: its inner loops alone -----
+
+@njit(fastmath=_FAST, error_model="numpy", pipeline_class=_NoAliasCompiler)
+def _forward_loop(B, C, xs, time_steps, skips, decay_rates, state, inputs, ys):
+    length = xs.shape[0]
+    _forward_steps(B, C, 0, 0, length, length, False, xs, time_steps, skips, decay_rates, state, inputs, ys, 16)
+
+
+@njit(fastmath=_FAST, error_model="numpy", pipeline_class=_NoAliasCompiler)
+def _backward_loop(B, C, steps, xs, time_steps, slopes, gates, grad_ys, skips, decay_rates, states, decays, grad_state,
+                   grad_A, sums_D, sums_bias, grad_x, grad_dt, ys, grad_u, grad_delta, grad_z, y_gated, grad_B_lanes,
+                   grad_C_lanes):
+    sequences = (xs, time_steps, slopes, gates, grad_ys)
+    parameters = (skips, decay_rates, states, decays, grad_state, grad_A, sums_D, sums_bias, grad_x, grad_dt, ys)
+    outputs = (grad_u, grad_delta, grad_z, y_gated, grad_B_lanes, grad_C_lanes)
+    _backward_chunk(B, C, 0, 0, steps, False, True, True, sequences, parameters, outputs, 16)
+
+
+def inner_loops(shape: BlockShape, repeats: int) -> dict:
+    """ns per channel, state and step of the scans' inner loops alone, one block of LANES channels on buffers the
+    kernels would have gathered (1 thread, CPU time): the forward steps (exp, state update, y += h C), and one
+    backward chunk (recompute the states, then walk them back). A kernel's time beyond loop x its steps is its
+    passes per block: gathering and scattering the strided sequences, softplus and its slope, the gate, the lanes'
+    dB and dC sums."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    steps = min(shape.length, 128)  # one checkpoint chunk
+
+    def lanes(*size, low=-1.0, high=1.0):
+        return rng.uniform(low, high, (*size, LANES)).astype(np.float32)
+
+    B, C = (rng.standard_normal((1, steps, shape.state)).astype(np.float32) for _ in range(2))
+    xs, gates, grad_ys = lanes(steps), lanes(steps), lanes(steps)
+    time_steps, slopes = lanes(steps, low=0.001, high=0.1), lanes(steps, low=0.4, high=0.6)
+    decay_rates = -np.repeat(np.arange(1, shape.state + 1, dtype=np.float32)[:, None], LANES, 1)
+    work = [lanes(steps + 1, shape.state), lanes(steps, shape.state), *(lanes(shape.state) for _ in range(2)),
+            *(lanes() for _ in range(5)), *(lanes(steps) for _ in range(4)), *(lanes(steps, shape.state)
+                                                                                for _ in range(2))]
+    backward_args = [B, C, steps, xs, time_steps, slopes, gates, grad_ys, lanes(), decay_rates, *work]
+    forward_args = [B, C, xs, time_steps, lanes(), decay_rates, lanes(shape.state), lanes(), lanes(steps)]
+    timings = {"forward steps": [], "backward chunk": []}
+    for _ in range(repeats):
+        for name, loop, args, resets in (("forward steps", _forward_loop, forward_args, (6,)),
+                                         ("backward chunk", _backward_loop, backward_args, (7, 12, 13, 14, 15, 23, 24))):
+            originals = [args[i].copy() for i in resets]
+            loop(*args)  # compiles on the first round; then warms the caches
+            for i, original in zip(resets, originals):
+                args[i][...] = original  # the carried state and sums start where they did (no drift, no denormals)
+            start = time.process_time()
+            loop(*args)
+            timings[name].append(time.process_time() - start)
+            for i, original in zip(resets, originals):
+                args[i][...] = original
+    per_step = steps * shape.state * LANES
+    return {name: 1e9 * statistics.median(t) / per_step for name, t in timings.items()}
 
 
 # ----- the kernels, timed inside the mixer -----
@@ -251,6 +316,25 @@ def report(all_results, shapes) -> str:
     return "\n".join(lines)
 
 
+def loops_report(loops: dict, all_results: list) -> str:
+    """The scans' inner loops against the whole kernels (1 thread, CPU time): what the passes per block cost."""
+    (one_thread,) = (results for results in all_results if results["threads"] == 1)
+    exp_ns = 1e9 / one_thread["exp_per_second"]
+    lines = ["\nWhere the scans' time goes (1 thread, CPU time): their inner loops alone, one block of "
+             f"{LANES} channels on L1-resident buffers, ns per channel, state and step (the exp floor: one exp)",
+             "| shape | loop | ns / state step | x exp floor | loop x the kernel's steps, ms | kernel ms | "
+             "loop share |", "|---|---|---|---|---|---|---|"]
+    for key, loop in loops.items():
+        shape = SHAPES[key]
+        state_steps = 2 * shape.batch * shape.d_inner * shape.length * shape.state  # both directions
+        for name, kernel in (("forward steps", "forward: scan_forward"), ("backward chunk", "backward: scan_backward")):
+            loop_ms = loop[name] * state_steps / 1e6
+            kernel_ms = one_thread["shapes"][key]["kernels"][kernel]["ms"]
+            lines.append(f"| {shape.name} | {name} | {loop[name]:.3f} | {loop[name] / exp_ns:.2f} | {loop_ms:.2f} | "
+                         f"{kernel_ms:.2f} | {loop_ms / kernel_ms:.0%} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["main", "tiny"])
@@ -262,9 +346,13 @@ def main(argv=None):
           f"rounds", flush=True)
     all_results = [measure(args.shapes, threads, args.repeats) for threads in args.threads]
     print(report(all_results, args.shapes))
+    loops = {}
+    if 1 in args.threads:  # against the 1-thread kernels' CPU time
+        loops = {key: inner_loops(SHAPES[key], args.repeats) for key in args.shapes}
+        print(loops_report(loops, all_results))
     if args.output:
         with open(args.output, "w") as f:
-            json.dump(all_results, f, indent=1)
+            json.dump({"kernels": all_results, "inner_loops_ns_per_state_step": loops}, f, indent=1)
 
 
 if __name__ == "__main__":

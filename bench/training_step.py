@@ -9,20 +9,24 @@ One training step = forward, cross-entropy on a 5-class head, backward, AdamW st
 the main job's model (patch 14, a 4 x 4 grid, CLS at both ends); other sizes patch 16. Models are timed in turn
 (a step of each, then the next round), so load on the machine hits them alike; at one thread the figure is CPU
 time (``time.process_time``), the steadiest on a shared machine, else (and with --busy) wall time. Medians, and
-ratios to VideoMAE.
+ratios to VideoMAE. GOMP_SPINCOUNT is 10000 unless set, as in recipes/train.py (with libgomp's default spin, torch's
+idle OpenMP worker holds the second core while the numba kernels' helper thread waits for it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import time
 
-import torch
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # as recipes/train.py: torch's idle OpenMP threads stop spinning
 
-from scaling import UNFUSED, build, train_patch, videomae_positions
+import torch  # noqa: E402
+
+from scaling import UNFUSED, build, train_patch, videomae_positions  # noqa: E402
 
 MODELS = ("stretchysnake", UNFUSED, "videomae")
 

@@ -137,7 +137,8 @@ def test_kernel_floor_benchmark_times_every_kernel_against_the_exp_floor(tmp_pat
     output = tmp_path / "floor.json"
     result = run_script([sys.executable, str(ROOT / "bench" / "kernel_floor.py"), "--shapes", "main", "--threads",
                          "1", "--repeats", "1", "--output", str(output)], tmp_path)
-    (results,) = json.loads(output.read_text())
+    written = json.loads(output.read_text())
+    (results,) = written["kernels"]
     kernels = results["shapes"]["main"]["kernels"]
     calls = {name: kernel["calls_per_round"] for name, kernel in kernels.items()}
     assert calls == {"forward: conv_silu_forward": 1, "forward: scan_forward": 2, "backward: conv_silu_forward": 1,
@@ -148,6 +149,13 @@ def test_kernel_floor_benchmark_times_every_kernel_against_the_exp_floor(tmp_pat
     # a kernel that computes these exponentials and more cannot run faster than they alone do (some slack for noise)
     assert all(kernel["ratio"] > 0.7 for kernel in kernels.values())
     assert "ms / floor" in result.stdout and "FLOP / byte" in result.stdout
+    # the scans' inner loops alone: each at least its exps' cost, and no more than the whole kernel
+    loops = written["inner_loops_ns_per_state_step"]["main"]
+    assert set(loops) == {"forward steps", "backward chunk"}
+    exp_ns = 1e9 / results["exp_per_second"]
+    assert all(0.7 * exp_ns < ns for ns in loops.values())
+    assert loops["backward chunk"] > loops["forward steps"]
+    assert "loop share" in result.stdout
 
 
 def test_cascade_benchmark_writes_its_comparison(tmp_path):
