@@ -21,6 +21,8 @@ from . import custom_ops
 from .custom_ops import register_differentiable_op
 
 CHECKPOINT_EVERY = 128  # at most this many steps between the states forward saves for backward
+
+
 # The kernels are imported on first use, in the `from .module import` form: transformers copies the files that
 # form names into a saved model folder, so trust_remote_code users get the kernels too.
 @functools.cache
