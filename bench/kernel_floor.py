@@ -12,6 +12,9 @@ measured time over its floor. The kernels are timed inside the real mixer op (fo
 random inputs shaped like the model's), each call wrapped by a timer: CPU time at 1 thread (``process_time``, the
 caller runs every task), wall time at 2. Rounds alternate the exp probe and the mixer, medians over --repeats.
 
+Where a scan's time goes (with 1 thread among --threads): its inner loops alone, the forward steps and one backward
+chunk on one block of channels, in ns per channel, state and step, against the whole kernel's time.
+
 The GPU path (Triton) is listed by its counts, per call, for the GPU check (bench/gpu.py): exps, FLOPs and the bytes
 each kernel must move at least, and their ratio (FLOPs per byte).
 """
