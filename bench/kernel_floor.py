@@ -78,11 +78,12 @@ SHAPES = {
 
 def exp_count(kernel: str, shape: BlockShape) -> int:
     """Exponentials (and log1p) of one call: a scan direction computes a decay per state and step, softplus (exp
-    and log1p) and the gate's sigmoid per step; backward recomputes the decays and softplus and adds softplus' slope
-    (a sigmoid); each conv call computes a sigmoid per step for each of the two directions."""
+    and log1p) and the gate's sigmoid per step; backward recomputes the decays, softplus and the gate's sigmoid
+    (softplus' slope shares softplus' exp); each conv call computes a sigmoid per step for each of the two
+    directions."""
     steps = shape.batch * shape.d_inner * shape.length
     return {"conv_silu_forward": 2 * steps, "scan_forward": steps * (shape.state + 3),
-            "scan_backward": steps * (shape.state + 4), "conv_silu_backward": 2 * steps}[kernel]
+            "scan_backward": steps * (shape.state + 3), "conv_silu_backward": 2 * steps}[kernel]
 
 
 def gpu_counts(kernel: str, shape: BlockShape) -> dict:
