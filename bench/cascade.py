@@ -1,17 +1,18 @@
 """The confidence cascade over scales against every single scale and the one-scale budget pick, in one run.
 
     python bench/cascade.py                                   # the main job's model (outputs/stretchysnake-embedded)
-    python bench/cascade.py --model M --fixed_model F --manifest D --task small_objects --output DIR
+    python bench/cascade.py --model M --fixed_model F --manifest D --task glimpses --frames 2 4 8 16 --output DIR
 
 For one model: its test split and a validation split (rendered with another seed when the manifest has none; the
 task's render settings, --task) are decoded once per video at the largest scale, every scale's logits derived from
 that decode. Costs per scale: forward GFLOPs counted, and forward milliseconds measured here at batch 1 (the fastest
-of 7 interleaved runs). The cascade's stages are the validation front (accuracy against GFLOPs), cheapest first; its
-thresholds are fitted on validation (target: the best single scale's validation top-1) and evaluated on test, where
-it also runs for real, batched, to check that it answers as its replay and to time it. A sweep of one shared
-threshold draws the cascade's curve; the one-scale budget pick (the best validation scale within a budget) and the
-cascade fitted to the same budget are compared at every single scale's cost. The fixed-scale model (--fixed_model),
-at its own scale, is the reference a user would otherwise run. Writes cascade.json, cascade.md and cascade.png.
+of 7 interleaved runs). The cascade's stages are chosen from the validation front (accuracy against GFLOPs), cheapest
+first, and its thresholds fitted on validation (target: the best single scale's validation top-1; `fit_cascade` tries
+every ordered subset of the front); it is evaluated on test, where it also runs for real, batched, to check that it
+answers as its replay and to time it. A sweep of one shared threshold over the chosen stages draws the cascade's
+curve; the one-scale budget pick (the best validation scale within a budget) and the cascade fitted to the same
+budget are compared at every single scale's cost. The fixed-scale model (--fixed_model), at its own scale, is the
+reference a user would otherwise run. Writes cascade.json, cascade.md and cascade.png.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def budget_comparison(val_logits, val_labels, test_logits, test_labels, grid, gf
         inside = [i for i in stages if gflops[i] <= budget + 1e-12] or [stages[0]]
         cascade = fit_cascade(val_logits[inside], val_labels, [grid[i] for i in inside], [gflops[i] for i in inside],
                               budget=budget, confidence=args.confidence, combine=args.combine)
-        tested = cascade_summary(replay_cascade(test_logits[inside], cascade), test_labels, cascade)
+        tested = cascade_summary(replay_cascade(test_logits[cascade.rows_in(grid)], cascade), test_labels, cascade)
         rows.append({"budget_gflops": budget, "one_scale": f"{grid[pick][0]}x{grid[pick][1]}",
                      "one_scale_top1": top1(test_logits[pick], test_labels), "one_scale_gflops": gflops[pick],
                      "cascade_top1": tested["top1"], "cascade_gflops": tested["mean_cost"]})
@@ -99,26 +100,27 @@ def run(args) -> dict:
     val_top1 = [top1(val_logits[i], val_labels) for i in range(len(grid))]
     singles = [{"scale": f"{f}x{r}", "val_top1": val_top1[i], "test_top1": top1(test_logits[i], test_labels),
                 "gflops": gflops[i], "ms": milliseconds[i]} for i, (f, r) in enumerate(grid)]
-    stages = cheapest_first_front(grid, val_top1, gflops)
-    stage_scales = [grid[i] for i in stages]
-    cascade = fit_cascade(val_logits[stages], val_labels, stage_scales, [gflops[i] for i in stages],
+    front = cheapest_first_front(grid, val_top1, gflops)
+    cascade = fit_cascade(val_logits[front], val_labels, [grid[i] for i in front], [gflops[i] for i in front],
                           confidence=args.confidence, combine=args.combine)
+    stages = cascade.rows_in(grid)
     replayed = cascade_summary(replay_cascade(test_logits[stages], cascade), test_labels, cascade)
     measured = measure_cascade(model, test_set, cascade, args.batch_size)
-    ms_cascade = ScaleCascade(stage_scales, cascade.thresholds, args.confidence, args.combine,
+    ms_cascade = ScaleCascade(cascade.scales, cascade.thresholds, args.confidence, args.combine,
                               [milliseconds[i] for i in stages], "ms")
     replayed_ms = cascade_summary(replay_cascade(test_logits[stages], ms_cascade), test_labels, ms_cascade)
     best = max(range(len(grid)), key=lambda i: (val_top1[i], -gflops[i]))  # what validation would pick
     results = {
         "model": args.model, "manifest": args.manifest, "task": args.task, "test_videos": len(test_labels),
         "validation_videos": len(val_labels), "single_scales": singles,
-        "best_single": singles[best], "stages": [f"{f}x{r}" for f, r in stage_scales],
+        "best_single": singles[best], "front": [f"{grid[i][0]}x{grid[i][1]}" for i in front],
+        "stages": [f"{f}x{r}" for f, r in cascade.scales],
         "cascade": cascade.to_dict(), "cascade_test": replayed, "cascade_test_mean_ms": replayed_ms["mean_cost"],
         "cascade_run": measured, "run_matches_replay": abs(measured["top1"] - replayed["top1"]) < 1e-9
         and measured["answered_at"] == replayed["answered_at"],
-        "curve": sweep(test_logits[stages], test_labels, stage_scales, [gflops[i] for i in stages], args.combine,
+        "curve": sweep(test_logits[stages], test_labels, cascade.scales, [gflops[i] for i in stages], args.combine,
                        args.confidence),
-        "budgets": budget_comparison(val_logits, val_labels, test_logits, test_labels, grid, gflops, stages, args),
+        "budgets": budget_comparison(val_logits, val_labels, test_logits, test_labels, grid, gflops, front, args),
         "seconds_for_logits": logits_seconds,
     }
     if args.fixed_model:
@@ -141,7 +143,8 @@ def markdown(results: dict) -> str:
         lines.append(f"| {row['scale']} | {row['val_top1']:.1f} | {row['test_top1']:.1f} | {row['gflops']:.4f} | "
                      f"{row['ms']:.1f} |")
     shares = ", ".join(f"{scale} {share:.0f}%" for scale, share in tested["answered_at"].items())
-    lines += ["", f"Cascade {' -> '.join(results['stages'])} ({cascade['confidence']}, {cascade['combine']}), "
+    lines += ["", f"Cascade {' -> '.join(results['stages'])} (chosen from the validation front "
+              f"{', '.join(results['front'])}; {cascade['confidence']}, {cascade['combine']}), "
               f"thresholds {[round(t, 4) for t in cascade['thresholds']]}: test top-1 **{tested['top1']:.1f}%** at "
               f"**{tested['mean_cost']:.4f} GFLOPs** ({results['cascade_test_mean_ms']:.1f} ms) per video; answered at "
               f"{shares}. The best single scale on validation, {best['scale']}: test top-1 {best['test_top1']:.1f}% at "

@@ -17,6 +17,7 @@ The same decisions can be replayed from precomputed logits (`replay_cascade`), w
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -63,6 +64,11 @@ class ScaleCascade:
     def largest_scale(self) -> tuple[int, int]:
         """What to decode a video at: the most frames and the highest resolution any stage uses."""
         return max(f for f, _ in self.scales), max(r for _, r in self.scales)
+
+    def rows_in(self, scales: list[tuple[int, int]]) -> list[int]:
+        """The index in `scales` of each of this cascade's stages: which rows of a grid's logits to replay it on."""
+        scales = [tuple(scale) for scale in scales]
+        return [scales.index(scale) for scale in self.scales]
 
     def to_dict(self) -> dict:
         return {key: [list(s) for s in value] if key == "scales" else value for key, value in asdict(self).items()}
@@ -216,34 +222,20 @@ def cascade_summary(result: CascadeResult, labels: torch.Tensor, cascade: ScaleC
 def fit_cascade(stage_logits: torch.Tensor, labels: torch.Tensor, scales: list[tuple[int, int]],
                 costs: list[float], target_top1: float | None = None, budget: float | None = None,
                 confidence: str = "max_probability", combine: str = "mean", cost_unit: str = "gflops",
-                candidates: int = 200) -> ScaleCascade:
-    """Thresholds for a cascade over `scales` (cheapest first) from validation logits (stages, clips, classes).
+                candidates: int = 200, choose_stages: bool = True) -> ScaleCascade:
+    """A cascade over `scales` (cheapest first) fitted to validation logits (stages, clips, classes).
 
-    Target: the cheapest thresholds whose top-1 reaches `target_top1` (default: the best single scale's top-1 on
-    these clips); or, with `budget`, the most accurate thresholds whose mean cost fits it. Search: one threshold
-    shared by every stage over `candidates` quantiles of the clips' confidences, then each stage's threshold in
-    turn over the same candidates while the target holds (coordinate descent, until nothing improves)."""
+    Target: the cheapest rule whose top-1 reaches `target_top1` (default: the best single scale's top-1 on these
+    clips); or, with `budget`, the most accurate rule whose mean cost fits it. With `choose_stages`, every ordered
+    subset of the scales is tried as the cascade's stages (a stage that stops few clips costs the rest more than it
+    saves, and skipping it is cheaper) and the best rule kept; without, every scale is a stage. Thresholds of one
+    set of stages: one threshold shared by every stage over `candidates` quantiles of the clips' confidences, then
+    each stage's threshold in turn over the same candidates while the target holds (coordinate descent, until
+    nothing improves)."""
     labels = labels.cpu()
-    stages = len(scales)
-    single = [100.0 * (stage_logits[i].argmax(-1).cpu() == labels).double().mean().item() for i in range(stages)]
+    single = [100.0 * (stage_logits[i].argmax(-1).cpu() == labels).double().mean().item() for i in range(len(scales))]
     if target_top1 is None and budget is None:
         target_top1 = max(single)
-    # A clip that reaches stage s has run every stage before it, so its evidence there does not depend on the
-    # thresholds: compute every stage's evidence, confidence and correctness once, then score thresholds cheaply.
-    evidence = _Evidence(combine)
-    combined = [evidence.add(stage_logits[i].float().cpu(), i) for i in range(stages)]
-    confidences = torch.stack([confidence_of(c, confidence) for c in combined]).double()  # (stages, clips)
-    correct = torch.stack([c.argmax(-1) == labels for c in combined]).double()
-    spent = torch.tensor(costs, dtype=torch.float64).cumsum(0)
-
-    def build(thresholds):
-        return ScaleCascade(scales, thresholds, confidence, combine, list(costs), cost_unit)
-
-    def score(thresholds):
-        stops = torch.cat([confidences[:-1] >= torch.tensor(thresholds, dtype=torch.float64)[:, None],
-                           torch.ones(1, confidences.shape[1], dtype=torch.bool)])
-        stage = stops.double().argmax(0)  # the first stage that stops the clip
-        return (100.0 * correct.gather(0, stage[None]).mean().item(), spent[stage].mean().item())
 
     def rank(score):  # (top1, cost) -> sort key: a rule that meets the target (or fits the budget) first, then the
         top1, cost = score  # cheaper (target) or the more accurate (budget); short of it, the nearest to it
@@ -253,32 +245,61 @@ def fit_cascade(stage_logits: torch.Tensor, labels: torch.Tensor, scales: list[t
         fits = cost <= budget + 1e-12
         return (fits, top1, -cost) if fits else (fits, -cost, top1)
 
-    def better(new, old):
-        return rank(new) > rank(old)
+    everything = list(range(len(scales)))
+    subsets = [everything]
+    if choose_stages:  # the full set first: it is kept on ties
+        subsets += [subset for size in range(1, len(scales)) for subset in itertools.combinations(everything, size)]
+    best = None
+    for subset in subsets:
+        subset = list(subset)
+        fitted = _fit_thresholds(stage_logits[subset].float().cpu(), labels, [costs[i] for i in subset], confidence,
+                                 combine, rank, candidates)
+        if best is None or rank(fitted[1]) > rank(best[2]):
+            best = (subset, *fitted)
+    subset, thresholds, (top1, mean_cost) = best
+    cascade = ScaleCascade([scales[i] for i in subset], thresholds, confidence, combine, [costs[i] for i in subset],
+                           cost_unit)
+    cascade.fitted = {"target_top1": target_top1, "budget": budget, "clips": int(len(labels)), "top1": top1,
+                      "mean_cost": mean_cost, "single_scale_top1": {f"{f}x{r}": t for (f, r), t in zip(scales, single)}}
+    return cascade
+
+
+def _fit_thresholds(stage_logits, labels, costs, confidence, combine, rank, candidates):
+    """The best thresholds (by `rank` of (top1, mean cost)) for a cascade over every given stage, and their score."""
+    stages = len(costs)
+    # A clip that reaches stage s has run every stage before it, so its evidence there does not depend on the
+    # thresholds: compute every stage's evidence, confidence and correctness once, then score thresholds cheaply.
+    evidence = _Evidence(combine)
+    combined = [evidence.add(stage_logits[i], i) for i in range(stages)]
+    confidences = torch.stack([confidence_of(c, confidence) for c in combined]).double()  # (stages, clips)
+    correct = torch.stack([c.argmax(-1) == labels for c in combined]).double()
+    spent = torch.tensor(costs, dtype=torch.float64).cumsum(0)
+    always = torch.ones(1, confidences.shape[1], dtype=torch.bool)
+
+    def score(thresholds):
+        stops = torch.cat([confidences[:-1] >= torch.tensor(thresholds, dtype=torch.float64)[:, None], always])
+        stage = stops.double().argmax(0)  # the first stage that stops the clip
+        return (100.0 * correct.gather(0, stage[None]).mean().item(), spent[stage].mean().item())
 
     quantiles = torch.linspace(0, 1, candidates, dtype=torch.float64)
     grid = sorted(set(torch.quantile(confidences.flatten(), quantiles).tolist()) | {NEVER})
     best = [NEVER] * (stages - 1)
     best_score = score(best)
-    for value in grid:  # one shared threshold
+    for value in grid if stages > 1 else ():  # one shared threshold
         candidate = [value] * (stages - 1)
         candidate_score = score(candidate)
-        if better(candidate_score, best_score):
+        if rank(candidate_score) > rank(best_score):
             best, best_score = candidate, candidate_score
-    improved = True
-    while improved and stages > 1:  # then each stage's own
+    improved = stages > 2
+    while improved:  # then each stage's own
         improved = False
         for stage in range(stages - 1):
             for value in grid:
                 candidate = best[:stage] + [value] + best[stage + 1:]
                 candidate_score = score(candidate)
-                if better(candidate_score, best_score):
+                if rank(candidate_score) > rank(best_score):
                     best, best_score, improved = candidate, candidate_score, True
-    cascade = build(best)
-    cascade.fitted = {"target_top1": target_top1, "budget": budget, "clips": int(len(labels)),
-                      "top1": best_score[0], "mean_cost": best_score[1],
-                      "single_scale_top1": {f"{f}x{r}": t for (f, r), t in zip(scales, single)}}
-    return cascade
+    return best, best_score
 
 
 __all__ = ["CascadeClassifierOutput", "CascadeResult", "ScaleCascade", "cascade_summary", "confidence_of",

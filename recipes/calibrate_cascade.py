@@ -6,10 +6,10 @@
     python recipes/calibrate_cascade.py --model M --manifest D --budget 0.5         # mean GFLOPs per video
 
 Every video of the split is decoded once at the largest scale of the grid (--frames x --resolutions); each scale's
-logits come from that decode (a frame subset, resized). The stages are the scales on the accuracy-cost front,
-cheapest first (cost: forward GFLOPs per clip, or --cost ms measured here at batch 1). The thresholds are the
-cheapest that reach the target (default: the best single scale's top-1 on this split), or the most accurate within
---budget. The rule goes into the model folder's config.json (`cascade`), where `pipeline(..., cascade=True)`,
+logits come from that decode (a frame subset, resized). The stages are chosen among the scales on the accuracy-cost
+front, cheapest first (cost: forward GFLOPs per clip, or --cost ms measured here at batch 1), with their thresholds:
+the cheapest rule that reaches the target (default: the best single scale's top-1 on this split), or the most
+accurate within --budget. The rule goes into the model folder's config.json (`cascade`), where `pipeline(..., cascade=True)`,
 `predict.py --cascade` and `evaluate_model.py --cascade` read it. Use a split the model did not train on.
 """
 

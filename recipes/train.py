@@ -78,7 +78,7 @@ class StretchySnakeArguments:
     eval_split: str = "test"
     data_root: str = field(default="outputs/generated_actions", metadata={"help": "where generated data is written"})
     generated_task: str = field(default="clear", metadata={
-        "help": "generated data: 'clear', 'noisy', 'brief_motion' or 'fine_texture' (synthetic_actions.TASKS)"})
+        "help": "generated data: 'clear', 'noisy', 'brief_motion', 'fine_texture' or 'glimpses' (synthetic_actions.TASKS)"})
     generated_train_per_class: int = 300
     generated_eval_per_class: int = 20
     model_name_or_path: str | None = field(default=None, metadata={

@@ -105,12 +105,19 @@ def test_calibration_reaches_the_best_single_scale_for_less():
     middle = logits_with_confidence((0.3 + 0.15 * torch.rand(clips, generator=generator)).tolist())  # never right
     last = logits_with_confidence((0.6 + 0.3 * torch.rand(clips, generator=generator)).tolist())
     stage_logits = torch.stack([first, middle, last])
-    cascade = fit_cascade(stage_logits, labels, SCALES, costs=[1.0, 3.0, 10.0], combine="last")
-    summary = cascade_summary(replay_cascade(stage_logits, cascade), labels, cascade)
-    assert summary["top1"] == 100.0 == cascade.fitted["top1"]
+    every_stage = fit_cascade(stage_logits, labels, SCALES, costs=[1.0, 3.0, 10.0], combine="last",
+                              choose_stages=False)
+    summary = cascade_summary(replay_cascade(stage_logits, every_stage), labels, every_stage)
+    assert summary["top1"] == 100.0 == every_stage.fitted["top1"]
     assert summary["answered_at"]["2x16"] == pytest.approx(100.0 * sure.double().mean().item())
     assert summary["mean_cost"] < 0.5 * 14.0  # running every stage costs 14, the last alone 10
     assert summary["answered_at"]["4x24"] == 0.0  # the middle stage, never right, never decides
+    # choosing its stages, the cascade skips the middle one: it decides nothing and costs the unsure clips 3 more
+    cascade = fit_cascade(stage_logits, labels, SCALES, costs=[1.0, 3.0, 10.0], combine="last")
+    assert cascade.scales == [SCALES[0], SCALES[2]] and cascade.rows_in(SCALES) == [0, 2]
+    chosen = cascade_summary(replay_cascade(stage_logits[cascade.rows_in(SCALES)], cascade), labels, cascade)
+    assert chosen["top1"] == 100.0
+    assert chosen["mean_cost"] == pytest.approx(summary["mean_cost"] - 3.0 * (1 - sure.double().mean().item()))
     # with a budget: the most accurate rule whose mean cost fits it
     budget = fit_cascade(stage_logits, labels, SCALES, costs=[1.0, 3.0, 10.0], budget=2.0, combine="last")
     assert budget.fitted["mean_cost"] <= 2.0 and budget.fitted["top1"] >= 100.0 * sure.double().mean().item()
@@ -245,3 +252,26 @@ def test_calibration_short_of_its_target_or_budget_comes_as_close_as_it_can():
     assert unreachable.fitted["top1"] == 75.0  # the most accurate rule there is
     too_small = fit_cascade(stage_logits, labels, scales, [1.0, 2.0], budget=0.5, combine="last")
     assert too_small.fitted["mean_cost"] == 1.0  # the cheapest rule there is
+
+
+def test_the_glimpses_task_shows_some_clips_only_in_frames_sparse_sampling_skips():
+    """bench/cascade.py's task where the number of frames matters: a glimpse clip shows its square in two consecutive
+    frames only, crossing its path between them; uniform sampling of 16 frames sees both, of 8, 4 or 2 at most one."""
+    import numpy as np
+
+    from modeling_stretchysnake.training.synthetic_actions import TASKS, render_action
+    from modeling_stretchysnake.video_decoding import sample_frame_indices
+
+    options = {**TASKS["glimpses"], "noise": 0, "glimpse_share": 1.0}
+    frames = options.pop("num_frames")
+    for seed in range(12):
+        clip = render_action("move_right", frames, 96, np.random.default_rng(seed), **options)
+        background = clip[0, 0, 0]
+        shown = [t for t in range(frames) if (clip[t] != background).any()]
+        assert len(shown) == 2 and shown[1] == shown[0] + 1 and 0 < shown[0] and shown[1] < frames - 1
+        left_edges = [np.flatnonzero((clip[t] != background).any(-1).any(0)).min() for t in shown]
+        assert left_edges[1] - left_edges[0] >= 96 // 2 - 96 // 3  # a whole crossing between the two frames
+        sampled = {count: set(sample_frame_indices(frames, count).tolist()) & set(shown) for count in (2, 4, 8, 16)}
+        assert len(sampled[16]) == 2 and all(len(sampled[count]) <= 1 for count in (2, 4, 8))
+    plain = render_action("move_right", frames, 96, np.random.default_rng(0), **{**options, "glimpse_share": 0.0})
+    assert all(len(np.unique(frame.reshape(-1, 3), axis=0)) == 2 for frame in plain)  # the square in every frame

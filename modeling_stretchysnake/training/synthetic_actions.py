@@ -20,12 +20,17 @@ ACTIONS = ("move_left", "move_right", "move_up", "move_down", "stay_still")
 # makes a brief excursion (out and back within EXCURSION_FRAMES of the 24 frames) instead of crossing the frame, which
 # few frames spread over the clip often miss. "fine_texture": in half of the clips the square is a checkerboard of
 # 2-px cells whose mean is the background's, rendered at 192 px: visible only at a resolution that keeps its cells.
+# "glimpses" (16-frame clips): in some clips the square is fast and seen in two consecutive frames only (it crosses
+# its whole path between them, like an object flying through the view), never the first or last frame; uniform
+# sampling of 16 frames sees both, of 8, 4 or 2 frames at most one. The other clips are the main job's.
 TASKS = {
     "clear": {"noise": 4, "side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2},
     "noisy": {"noise": 20, "side_range": (1 / 6, 1 / 3), "min_travel": 1 / 3},
     "brief_motion": {"noise": 4, "side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2, "excursion_share": 0.25},
     "fine_texture": {"noise": 4, "side_range": (1 / 6, 1 / 3), "min_travel": 1 / 2, "size": 192,
                      "textured_share": 0.5},
+    "glimpses": {"noise": 4, "side_range": (1 / 4, 1 / 3), "min_travel": 1 / 2, "num_frames": 16,
+                 "glimpse_share": 0.15},
 }
 TEXTURE_CELL, TEXTURE_CONTRAST = 2, 60
 EXCURSION_FRAMES = 3
@@ -60,15 +65,17 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 12, codec: str 
 
 def render_action(action: str, num_frames: int = 24, size: int = 96, rng: np.random.Generator | None = None,
                   noise: int = 20, side_range: tuple[float, float] = (1 / 6, 1 / 3),
-                  min_travel: float = 1 / 3, textured_share: float = 0.0, excursion_share: float = 0.0
-                  ) -> np.ndarray:
+                  min_travel: float = 1 / 3, textured_share: float = 0.0, excursion_share: float = 0.0,
+                  glimpse_share: float = 0.0) -> np.ndarray:
     """One clip (T, size, size, 3) uint8 of `action`.
 
     noise: amplitude of the per-frame uniform background noise; side_range: the square's side as fractions of
     `size` (low inclusive, high exclusive); min_travel: the shortest path of a moving square, as a fraction of size;
     textured_share: the chance that the square is a grey checkerboard (TEXTURE_CELL-px cells, +-TEXTURE_CONTRAST)
     on a grey background of its mean: visible only at a resolution that keeps its cells; excursion_share: the chance
-    that a moving square goes out and back within EXCURSION_FRAMES frames (at a random time) instead of crossing.
+    that a moving square goes out and back within EXCURSION_FRAMES frames (at a random time) instead of crossing;
+    glimpse_share: the chance that the square is fast: drawn in two consecutive frames only (neither the first nor
+    the last), at the start of its path in the first and at its end in the second.
     """
     rng = rng or np.random.default_rng()
     dy, dx = _DIRECTIONS[action]
@@ -89,16 +96,23 @@ def render_action(action: str, num_frames: int = 24, size: int = 96, rng: np.ran
     if excursion:  # out and back inside the clip: the first and last frames show the square at rest
         window = max(1, min(EXCURSION_FRAMES, num_frames - 2))
         first = int(rng.integers(1, max(num_frames - window, 2)))
+    shown = range(num_frames)
+    if glimpse_share > 0 and rng.random() < glimpse_share:  # no draw when off
+        if num_frames < 4:
+            raise ValueError(f"a glimpse needs at least 4 frames, got {num_frames}")
+        first = int(rng.integers(1, num_frames - 2))
+        shown = (first, first + 1)
     clip = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t in range(num_frames):
-        progress = t / max(num_frames - 1, 1)
+        progress = t / max(num_frames - 1, 1) if len(shown) == num_frames else float(t > shown[0])
         if excursion:
             middle = first + (window - 1) / 2
             progress = max(0.0, 1.0 - abs(t - middle) / (window / 2 + 0.5))
         noise_frame = rng.integers(-noise, noise + 1, size=(size, size, 1))
         frame = np.clip(background + noise_frame, 0, 255)
         y, x = round(y0 + dy * travel * progress), round(x0 + dx * travel * progress)
-        frame[y : y + side, x : x + side] = colour
+        if t in shown:
+            frame[y : y + side, x : x + side] = colour
         clip[t] = frame
     return clip
 
