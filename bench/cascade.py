@@ -106,7 +106,7 @@ def run(args) -> dict:
     stages = cascade.rows_in(grid)
     replayed = cascade_summary(replay_cascade(test_logits[stages], cascade), test_labels, cascade)
     measured = measure_cascade(model, test_set, cascade, args.batch_size)
-    ms_cascade = ScaleCascade(cascade.scales, cascade.thresholds, args.confidence, args.combine,
+    ms_cascade = ScaleCascade(cascade.scales, cascade.thresholds, cascade.confidence, cascade.combine,
                               [milliseconds[i] for i in stages], "ms")
     replayed_ms = cascade_summary(replay_cascade(test_logits[stages], ms_cascade), test_labels, ms_cascade)
     best = max(range(len(grid)), key=lambda i: (val_top1[i], -gflops[i]))  # what validation would pick
@@ -118,8 +118,8 @@ def run(args) -> dict:
         "cascade": cascade.to_dict(), "cascade_test": replayed, "cascade_test_mean_ms": replayed_ms["mean_cost"],
         "cascade_run": measured, "run_matches_replay": abs(measured["top1"] - replayed["top1"]) < 1e-9
         and measured["answered_at"] == replayed["answered_at"],
-        "curve": sweep(test_logits[stages], test_labels, cascade.scales, [gflops[i] for i in stages], args.combine,
-                       args.confidence),
+        "curve": sweep(test_logits[stages], test_labels, cascade.scales, [gflops[i] for i in stages],
+                       cascade.combine, cascade.confidence),
         "budgets": budget_comparison(val_logits, val_labels, test_logits, test_labels, grid, gflops, front, args),
         "seconds_for_logits": logits_seconds,
     }
@@ -214,7 +214,7 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[56, 84, 112, 168])
     parser.add_argument("--confidence", default="max_probability")
-    parser.add_argument("--combine", default="mean")
+    parser.add_argument("--combine", default="best", help="mean, last, or best: the better on validation")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--decoder", default="auto")
     parser.add_argument("--output", default="outputs/cascade-bench")

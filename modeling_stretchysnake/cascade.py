@@ -221,14 +221,16 @@ def cascade_summary(result: CascadeResult, labels: torch.Tensor, cascade: ScaleC
 
 def fit_cascade(stage_logits: torch.Tensor, labels: torch.Tensor, scales: list[tuple[int, int]],
                 costs: list[float], target_top1: float | None = None, budget: float | None = None,
-                confidence: str = "max_probability", combine: str = "mean", cost_unit: str = "gflops",
+                confidence: str = "max_probability", combine: str = "best", cost_unit: str = "gflops",
                 candidates: int = 200, choose_stages: bool = True) -> ScaleCascade:
     """A cascade over `scales` (cheapest first) fitted to validation logits (stages, clips, classes).
 
     Target: the cheapest rule whose top-1 reaches `target_top1` (default: the best single scale's top-1 on these
     clips); or, with `budget`, the most accurate rule whose mean cost fits it. With `choose_stages`, every ordered
     subset of the scales is tried as the cascade's stages (a stage that stops few clips costs the rest more than it
-    saves, and skipping it is cheaper) and the best rule kept; without, every scale is a stage. Thresholds of one
+    saves, and skipping it is cheaper) and the best rule kept; without, every scale is a stage. combine: one of
+    COMBINES, or "best" (the default): each is tried and the better rule kept (the running mean can be dragged by a
+    small scale's wrong guess, the last scale's logits drop its evidence). Thresholds of one
     set of stages: one threshold shared by every stage over `candidates` quantiles of the clips' confidences, then
     each stage's threshold in turn over the same candidates while the target holds (coordinate descent, until
     nothing improves)."""
@@ -245,19 +247,22 @@ def fit_cascade(stage_logits: torch.Tensor, labels: torch.Tensor, scales: list[t
         fits = cost <= budget + 1e-12
         return (fits, top1, -cost) if fits else (fits, -cost, top1)
 
+    if combine != "best" and combine not in COMBINES:
+        raise ValueError(f"combine must be one of {COMBINES} or 'best', got {combine!r}")
     everything = list(range(len(scales)))
     subsets = [everything]
     if choose_stages:  # the full set first: it is kept on ties
         subsets += [subset for size in range(1, len(scales)) for subset in itertools.combinations(everything, size)]
     best = None
-    for subset in subsets:
-        subset = list(subset)
-        fitted = _fit_thresholds(stage_logits[subset].float().cpu(), labels, [costs[i] for i in subset], confidence,
-                                 combine, rank, candidates)
-        if best is None or rank(fitted[1]) > rank(best[2]):
-            best = (subset, *fitted)
-    subset, thresholds, (top1, mean_cost) = best
-    cascade = ScaleCascade([scales[i] for i in subset], thresholds, confidence, combine, [costs[i] for i in subset],
+    for way in COMBINES if combine == "best" else (combine,):  # the first kept on ties: "mean"
+        for subset in subsets:
+            subset = list(subset)
+            fitted = _fit_thresholds(stage_logits[subset].float().cpu(), labels, [costs[i] for i in subset],
+                                     confidence, way, rank, candidates)
+            if best is None or rank(fitted[1]) > rank(best[3]):
+                best = (way, subset, *fitted)
+    way, subset, thresholds, (top1, mean_cost) = best
+    cascade = ScaleCascade([scales[i] for i in subset], thresholds, confidence, way, [costs[i] for i in subset],
                            cost_unit)
     cascade.fitted = {"target_top1": target_top1, "budget": budget, "clips": int(len(labels)), "top1": top1,
                       "mean_cost": mean_cost, "single_scale_top1": {f"{f}x{r}": t for (f, r), t in zip(scales, single)}}

@@ -41,7 +41,8 @@ def main(argv=None):
     target.add_argument("--budget", type=float, default=None, help="the most accurate rule within this mean cost")
     parser.add_argument("--cost", choices=["gflops", "ms"], default="gflops")
     parser.add_argument("--confidence", choices=CONFIDENCES, default="max_probability")
-    parser.add_argument("--combine", choices=COMBINES, default="mean")
+    parser.add_argument("--combine", choices=[*COMBINES, "best"], default="best",
+                        help="how stages' evidence combines; best (the default): the better on this split")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--decoder", default="auto")
     args = parser.parse_args(argv)
@@ -70,7 +71,7 @@ def main(argv=None):
     fitted = cascade.fitted
     best = max(range(len(grid)), key=lambda i: (top1[i], -costs[i]))
     print(f"cascade {' -> '.join(f'{f}x{r}' for f, r in cascade.scales)}, thresholds "
-          f"{[round(t, 4) for t in cascade.thresholds]} ({args.confidence}, {args.combine}): "
+          f"{[round(t, 4) for t in cascade.thresholds]} ({cascade.confidence}, {cascade.combine}): "
           f"top-1 {fitted['top1']:.1f}% at {fitted['mean_cost']:.3g} {unit} per video (the best single scale, "
           f"{grid[best][0]}x{grid[best][1]}: {top1[best]:.1f}% at {costs[best]:.3g} {unit})")
     print(f"saved in {Path(args.model) / 'config.json'} (config.cascade)")

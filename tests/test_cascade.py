@@ -275,3 +275,19 @@ def test_the_glimpses_task_shows_some_clips_only_in_frames_sparse_sampling_skips
         assert len(sampled[16]) == 2 and all(len(sampled[count]) <= 1 for count in (2, 4, 8))
     plain = render_action("move_right", frames, 96, np.random.default_rng(0), **{**options, "glimpse_share": 0.0})
     assert all(len(np.unique(frame.reshape(-1, 3), axis=0)) == 2 for frame in plain)  # the square in every frame
+
+
+def test_calibration_keeps_the_better_way_to_combine_the_evidence():
+    """A cheap stage unsure of three clips, and on one of them (clip 4) nearly sure of a wrong class among the rest:
+    the running mean of the logits keeps that vote and misses the clip at any threshold, the last stage's logits
+    alone get it; "best" fits both and keeps "last"."""
+    cheap = torch.tensor([[0.95, 0.025, 0.025]] * 2 + [[0.3, 0.4, 0.3]] * 2 + [[0.05, 0.48, 0.47]]).log()
+    full = torch.tensor([[0.9, 0.05, 0.05]] * 2 + [[0.6, 0.2, 0.2]] * 2 + [[0.5, 0.3, 0.2]]).log()
+    stage_logits, labels = torch.stack([cheap, full]), torch.zeros(5, dtype=torch.long)
+    mean = fit_cascade(stage_logits, labels, SCALES[:2], [1.0, 4.0], combine="mean", choose_stages=False)
+    assert mean.fitted["top1"] == 80.0
+    best = fit_cascade(stage_logits, labels, SCALES[:2], [1.0, 4.0], choose_stages=False)
+    assert best.combine == "last" and best.fitted["top1"] == 100.0
+    assert best.fitted["mean_cost"] == pytest.approx(1.0 + 4.0 * 3 / 5)
+    with pytest.raises(ValueError, match="combine"):
+        fit_cascade(stage_logits, labels, SCALES[:2], [1.0, 4.0], combine="vote")
