@@ -62,6 +62,17 @@ def sweep(stage_logits_test, labels, scales, costs, combine, confidence, points:
     return curve
 
 
+def run_against_replay(run, replay) -> dict:
+    """How far the batched run is from its replay on logits of the same decode, computed in full batches: the clips
+    answered at another stage or with another class (a clip's logits can depend on its batch's size in the last
+    float bits, and the clips of a batch that stop change it), and the largest logit difference among the clips
+    answered at the same stage."""
+    same_stage = run.stage == replay.stage
+    return {"run_clips_differing": int((~same_stage | (run.logits.argmax(-1) != replay.logits.argmax(-1))).sum()),
+            "run_max_logit_difference": (run.logits[same_stage] - replay.logits[same_stage]).abs().max().item()
+            if same_stage.any() else None}
+
+
 def budget_comparison(val_logits, val_labels, test_logits, test_labels, grid, gflops, stages, args) -> list[dict]:
     """At each single scale's cost as the budget: the one-scale pick (best validation top-1 within the budget)
     against the cascade fitted on validation to the same budget, both scored on test."""
@@ -105,7 +116,10 @@ def run(args) -> dict:
                           confidence=args.confidence, combine=args.combine)
     stages = cascade.rows_in(grid)
     replayed = cascade_summary(replay_cascade(test_logits[stages], cascade), test_labels, cascade)
-    measured = measure_cascade(model, test_set, cascade, args.batch_size)
+    measured, run_result = measure_cascade(model, test_set, cascade, args.batch_size, return_result=True)
+    # The run decodes at the cascade's own largest scale, the grid's logits come from the grid's largest: the
+    # run is checked against a replay from its own decode.
+    own_decode_replay = replay_cascade(stage_logits(model, test_set, cascade.scales, args.batch_size)[0], cascade)
     ms_cascade = ScaleCascade(cascade.scales, cascade.thresholds, cascade.confidence, cascade.combine,
                               [milliseconds[i] for i in stages], "ms")
     replayed_ms = cascade_summary(replay_cascade(test_logits[stages], ms_cascade), test_labels, ms_cascade)
@@ -116,8 +130,7 @@ def run(args) -> dict:
         "best_single": singles[best], "front": [f"{grid[i][0]}x{grid[i][1]}" for i in front],
         "stages": [f"{f}x{r}" for f, r in cascade.scales],
         "cascade": cascade.to_dict(), "cascade_test": replayed, "cascade_test_mean_ms": replayed_ms["mean_cost"],
-        "cascade_run": measured, "run_matches_replay": abs(measured["top1"] - replayed["top1"]) < 1e-9
-        and measured["answered_at"] == replayed["answered_at"],
+        "cascade_run": measured, **run_against_replay(run_result, own_decode_replay),
         "curve": sweep(test_logits[stages], test_labels, cascade.scales, [gflops[i] for i in stages],
                        cascade.combine, cascade.confidence),
         "budgets": budget_comparison(val_logits, val_labels, test_logits, test_labels, grid, gflops, front, args),
@@ -151,8 +164,9 @@ def markdown(results: dict) -> str:
               f"{best['gflops']:.4f} GFLOPs ({best['ms']:.1f} ms): the cascade spends "
               f"{tested['mean_cost'] / best['gflops']:.2f}x its compute, {tested['top1'] - best['test_top1']:+.1f} "
               f"points. Run for real (batched): top-1 {results['cascade_run']['top1']:.1f}%, "
-              f"{results['cascade_run']['ms_per_video']:.1f} ms of model time per video; same answers as the replay: "
-              f"{results['run_matches_replay']}."]
+              f"{results['cascade_run']['ms_per_video']:.1f} ms of model time per video; clips answered otherwise than "
+              f"in the replay: {results['run_clips_differing']} (largest logit difference at the same stage "
+              f"{results['run_max_logit_difference'] or 0:.1e})."]
     if "fixed_model" in results:
         fixed = results["fixed_model"]
         lines.append(f"The fixed-scale model at its scale {fixed['scale']}: test top-1 {fixed['test_top1']:.1f}% at "

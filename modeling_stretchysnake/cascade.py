@@ -176,7 +176,8 @@ def _costs(cascade: ScaleCascade, stage: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def run_cascade(model, pixel_values: torch.Tensor, cascade: ScaleCascade) -> CascadeResult:
     """Classify a batch of clips decoded at `cascade.largest_scale`: each stage runs on the clips still undecided
-    only (a clip that stops leaves the batch), so a batch gives the same answers as its clips one by one."""
+    only (a clip that stops leaves the batch), so a batch gives the same answers as its clips one by one (up to the
+    last float bits of the logits, which a batch's size can change on some backends)."""
     batch = pixel_values.shape[0]
     active = torch.arange(batch, device=pixel_values.device)
     evidence = _Evidence(cascade.combine)
@@ -225,15 +226,14 @@ def fit_cascade(stage_logits: torch.Tensor, labels: torch.Tensor, scales: list[t
                 candidates: int = 200, choose_stages: bool = True) -> ScaleCascade:
     """A cascade over `scales` (cheapest first) fitted to validation logits (stages, clips, classes).
 
-    Target: the cheapest rule whose top-1 reaches `target_top1` (default: the best single scale's top-1 on these
-    clips); or, with `budget`, the most accurate rule whose mean cost fits it. With `choose_stages`, every ordered
-    subset of the scales is tried as the cascade's stages (a stage that stops few clips costs the rest more than it
-    saves, and skipping it is cheaper) and the best rule kept; without, every scale is a stage. combine: one of
-    COMBINES, or "best" (the default): each is tried and the better rule kept (the running mean can be dragged by a
-    small scale's wrong guess, the last scale's logits drop its evidence). Thresholds of one
-    set of stages: one threshold shared by every stage over `candidates` quantiles of the clips' confidences, then
-    each stage's threshold in turn over the same candidates while the target holds (coordinate descent, until
-    nothing improves)."""
+    Target: the cheapest rule whose top-1 reaches `target_top1` (default: the best single scale's top-1 on these clips);
+    or, with `budget`, the most accurate rule whose mean cost fits it. With `choose_stages`, every ordered subset of the
+    scales is tried as the cascade's stages (a stage that stops few clips costs the rest more than it saves, and
+    skipping it is cheaper) and the best rule kept; without, every scale is a stage. combine: one of COMBINES, or "best"
+    (the default): each is tried and the better rule kept (the running mean can be dragged by a small scale's wrong
+    guess, the last scale's logits drop its evidence). Thresholds of one set of stages: one threshold shared by every
+    stage over `candidates` quantiles of the clips' confidences, then each stage's threshold in turn over the same
+    candidates while the target holds (coordinate descent, until nothing improves)."""
     labels = labels.cpu()
     single = [100.0 * (stage_logits[i].argmax(-1).cpu() == labels).double().mean().item() for i in range(len(scales))]
     if target_top1 is None and budget is None:
@@ -265,7 +265,8 @@ def fit_cascade(stage_logits: torch.Tensor, labels: torch.Tensor, scales: list[t
     cascade = ScaleCascade([scales[i] for i in subset], thresholds, confidence, way, [costs[i] for i in subset],
                            cost_unit)
     cascade.fitted = {"target_top1": target_top1, "budget": budget, "clips": int(len(labels)), "top1": top1,
-                      "mean_cost": mean_cost, "single_scale_top1": {f"{f}x{r}": t for (f, r), t in zip(scales, single)}}
+                      "mean_cost": mean_cost, "offered": [f"{f}x{r}" for f, r in scales],
+                      "single_scale_top1": {f"{f}x{r}": t for (f, r), t in zip(scales, single)}}
     return cascade
 
 

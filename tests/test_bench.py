@@ -177,7 +177,8 @@ def test_cascade_benchmark_writes_its_comparison(tmp_path):
                 "--frames", "2", "4", "--resolutions", "16", "32", "--output", str(tmp_path / "out")], tmp_path)
     (results,) = json.loads((tmp_path / "out" / "cascade.json").read_text())
     assert [row["scale"] for row in results["single_scales"]] == ["2x16", "2x32", "4x16", "4x32"]
-    assert results["run_matches_replay"] and results["validation_videos"] == 5 and results["test_videos"] == 5
+    assert results["run_clips_differing"] == 0 and results["run_max_logit_difference"] < 1e-4
+    assert results["validation_videos"] == 5 and results["test_videos"] == 5
     assert len(results["budgets"]) == 4 and results["fixed_model"]["scale"] == "2x16"
     assert (tmp_path / "out" / "cascade.png").stat().st_size > 0
     assert "Cascade" in (tmp_path / "out" / "cascade.md").read_text()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..cascade import ScaleCascade, cascade_summary, derive_scale, run_cascade
+from ..cascade import CascadeResult, ScaleCascade, cascade_summary, derive_scale, run_cascade
 from ..modeling_stretchysnake import resolve_patch_size
 from .compute_budget import ScaleCost, forward_gflops, measure_milliseconds, pareto_front
 from .data import VideoClipDataset
@@ -65,9 +65,11 @@ def cheapest_first_front(scales: list[tuple[int, int]], top1: list[float], costs
 
 
 @torch.inference_mode()
-def measure_cascade(model, dataset: VideoClipDataset, cascade: ScaleCascade, batch_size: int = 8) -> dict:
+def measure_cascade(model, dataset: VideoClipDataset, cascade: ScaleCascade, batch_size: int = 8,
+                    return_result: bool = False) -> dict | tuple[dict, CascadeResult]:
     """Run the cascade over the dataset (batched; decode once per video): its top-1, mean cost, the share answered
-    at each stage, and the wall time of the model's work per video (decoding excluded)."""
+    at each stage, and the wall time of the model's work per video (decoding excluded); with `return_result`, also
+    the per-clip `CascadeResult`."""
     device = next(model.parameters()).device
     results, labels, seconds = [], [], 0.0
     for pixel_values, batch_labels in decoded_batches(dataset, cascade.largest_scale, batch_size):
@@ -76,11 +78,11 @@ def measure_cascade(model, dataset: VideoClipDataset, cascade: ScaleCascade, bat
         results.append(run_cascade(model, pixel_values, cascade))
         seconds += time.perf_counter() - start
         labels.append(batch_labels)
-    merged = type(results[0])(*(torch.cat([getattr(r, name) for r in results]) for name in ("logits", "stage", "cost")))
+    merged = CascadeResult(*(torch.cat([getattr(r, name) for r in results]) for name in ("logits", "stage", "cost")))
     summary = cascade_summary(merged, torch.cat(labels), cascade)
     summary["ms_per_video"] = 1e3 * seconds / len(dataset)
     summary["videos"] = len(dataset)
-    return summary
+    return (summary, merged) if return_result else summary
 
 
 __all__ = ["cheapest_first_front", "decoded_batches", "measure_cascade", "scale_costs", "stage_logits"]
