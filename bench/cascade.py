@@ -126,7 +126,8 @@ def run(args) -> dict:
     replayed_ms = cascade_summary(replay_cascade(test_logits[stages], ms_cascade), test_labels, ms_cascade)
     best = max(range(len(grid)), key=lambda i: (val_top1[i], -gflops[i]))  # what validation would pick
     results = {
-        "model": args.model, "manifest": args.manifest, "task": args.task, "test_videos": len(test_labels),
+        "model": args.model, "label": args.label, "manifest": args.manifest, "task": args.task,
+        "test_videos": len(test_labels),
         "validation_videos": len(val_labels), "single_scales": singles,
         "best_single": singles[best], "front": [f"{grid[i][0]}x{grid[i][1]}" for i in front],
         "stages": [f"{f}x{r}" for f, r in cascade.scales],
@@ -150,7 +151,8 @@ def run(args) -> dict:
 
 def markdown(results: dict) -> str:
     best, cascade, tested = results["best_single"], results["cascade"], results["cascade_test"]
-    lines = [f"### {results['model']} ({results['task']}: {results['test_videos']} test videos, thresholds fitted on "
+    lines = [f"### {results['label']}: {results['model']} ({results['task']}: {results['test_videos']} test videos, "
+             f"thresholds fitted on "
              f"{results['validation_videos']} validation videos)", "",
              "| scale | validation top-1 | test top-1 | GFLOPs | ms here |", "|---|---|---|---|---|"]
     for row in results["single_scales"]:
@@ -185,6 +187,7 @@ def plot(all_results: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     figure, axes = plt.subplots(1, len(all_results), figsize=(6 * len(all_results), 4.5), squeeze=False)
     for axis, results in zip(axes[0], all_results):
@@ -205,9 +208,11 @@ def plot(all_results: list[dict], path: Path) -> None:
             axis.scatter([fixed["gflops"]], [fixed["test_top1"]], color="black", marker="x", s=80,
                          label=f"fixed-scale model ({fixed['scale']})")
         axis.set_xscale("log")
+        axis.xaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel("mean forward GFLOPs per video")
         axis.set_ylabel("test top-1 (%)")
-        axis.set_title(f"{results['task']} task: {results['test_videos']} test videos", fontsize=9)
+        axis.set_title(f"{results['label']} ({results['task']} task, {results['test_videos']} test videos)", fontsize=9)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="best")
     figure.tight_layout()
@@ -222,6 +227,8 @@ def main(argv=None):
                         help="FRAMESxRESOLUTION each fixed model was trained at (one, or one per --model)")
     parser.add_argument("--manifest", nargs="+", default=["outputs/generated_actions/manifest"])
     parser.add_argument("--task", nargs="+", default=["clear"], help="render settings of each validation split")
+    parser.add_argument("--label", nargs="+", default=None, help="a name per model for the tables and the plot "
+                        "(default: the model folder's parent's name)")
     parser.add_argument("--test_split", default="test")
     parser.add_argument("--validation_split", default="validation")
     parser.add_argument("--validation_per_class", type=int, default=20)
@@ -235,14 +242,16 @@ def main(argv=None):
     parser.add_argument("--output", default="outputs/cascade-bench")
     args = parser.parse_args(argv)
     count = len(args.model)
-    if len(args.manifest) != count or len(args.task) != count or (args.fixed_model and len(args.fixed_model) != count):
-        parser.error("give one --manifest, --task (and --fixed_model) per --model")
+    if len(args.manifest) != count or len(args.task) != count or (args.fixed_model and len(args.fixed_model) != count) \
+            or (args.label and len(args.label) != count):
+        parser.error("give one --manifest, --task (and --fixed_model, --label) per --model")
     if len(args.fixed_scale) not in (1, count):
         parser.error("give one --fixed_scale, or one per --model")
     all_results = []
     for i in range(count):
         case = argparse.Namespace(**{**vars(args), "model": args.model[i], "manifest": args.manifest[i],
                                      "task": args.task[i], "output": str(Path(args.output) / f"case{i}"),
+                                     "label": args.label[i] if args.label else Path(args.model[i]).parent.name,
                                      "fixed_model": args.fixed_model[i] if args.fixed_model else None,
                                      "fixed_scale": args.fixed_scale[i if len(args.fixed_scale) > 1 else 0]})
         all_results.append(run(case))
