@@ -8,11 +8,11 @@ task's render settings, --task) are decoded once per video at the largest scale,
 that decode. Costs per scale: forward GFLOPs counted, and forward milliseconds measured here at batch 1 (the fastest
 of 7 interleaved runs). The cascade's stages are chosen from the validation front (accuracy against GFLOPs), cheapest
 first, and its thresholds fitted on validation (target: the best single scale's validation top-1; `fit_cascade` tries
-every ordered subset of the front); it is evaluated on test, where it also runs for real, batched, to check that it
-answers as its replay and to time it. A sweep of one shared threshold over the chosen stages draws the cascade's
-curve; the one-scale budget pick (the best validation scale within a budget) and the cascade fitted to the same
-budget are compared at every single scale's cost. The fixed-scale model (--fixed_model), at its own scale, is the
-reference a user would otherwise run. Writes cascade.json, cascade.md and cascade.png.
+the front and its ordered subsets of up to three scales); it is evaluated on test, where it also runs for real,
+batched, to check that it answers as its replay and to time it. A sweep of one shared threshold over the chosen
+stages draws the cascade's curve; the one-scale budget pick (the best validation scale within a budget) and the
+cascade fitted to the same budget are compared at every single scale's cost. The fixed-scale model (--fixed_model),
+at its own scale, is the reference a user would otherwise run. Writes cascade.json, cascade.md and cascade.png.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
@@ -223,17 +224,17 @@ def cascade_summary(result: CascadeResult, labels: torch.Tensor, cascade: ScaleC
 def fit_cascade(stage_logits: torch.Tensor, labels: torch.Tensor, scales: list[tuple[int, int]],
                 costs: list[float], target_top1: float | None = None, budget: float | None = None,
                 confidence: str = "max_probability", combine: str = "best", cost_unit: str = "gflops",
-                candidates: int = 200, choose_stages: bool = True) -> ScaleCascade:
+                candidates: int = 200, choose_stages: bool = True, max_stages: int = 3) -> ScaleCascade:
     """A cascade over `scales` (cheapest first) fitted to validation logits (stages, clips, classes).
 
     Target: the cheapest rule whose top-1 reaches `target_top1` (default: the best single scale's top-1 on these clips);
-    or, with `budget`, the most accurate rule whose mean cost fits it. With `choose_stages`, every ordered subset of the
-    scales is tried as the cascade's stages (a stage that stops few clips costs the rest more than it saves, and
-    skipping it is cheaper) and the best rule kept; without, every scale is a stage. combine: one of COMBINES, or "best"
-    (the default): each is tried and the better rule kept (the running mean can be dragged by a small scale's wrong
-    guess, the last scale's logits drop its evidence). Thresholds of one set of stages: one threshold shared by every
-    stage over `candidates` quantiles of the clips' confidences, then each stage's threshold in turn over the same
-    candidates while the target holds (coordinate descent, until nothing improves)."""
+    or, with `budget`, the most accurate rule whose mean cost fits it. With `choose_stages`, the whole list and every
+    ordered subset of at most `max_stages` scales are tried as the cascade's stages (a stage that stops few clips costs
+    the rest more than it saves, and skipping it is cheaper) and the best rule kept; without, every scale is a stage.
+    combine: one of COMBINES, or "best" (the default): each is tried and the better rule kept (the running mean can be
+    dragged by a small scale's wrong guess, the last scale's logits drop its evidence). Thresholds of one set of stages:
+    one threshold shared by every stage over `candidates` quantiles of the clips' confidences, then each stage's
+    threshold in turn over the same candidates while the target holds (coordinate descent, until nothing improves)."""
     labels = labels.cpu()
     single = [100.0 * (stage_logits[i].argmax(-1).cpu() == labels).double().mean().item() for i in range(len(scales))]
     if target_top1 is None and budget is None:
@@ -252,7 +253,8 @@ def fit_cascade(stage_logits: torch.Tensor, labels: torch.Tensor, scales: list[t
     everything = list(range(len(scales)))
     subsets = [everything]
     if choose_stages:  # the full set first: it is kept on ties
-        subsets += [subset for size in range(1, len(scales)) for subset in itertools.combinations(everything, size)]
+        subsets += [subset for size in range(1, min(max_stages, len(scales) - 1) + 1)
+                    for subset in itertools.combinations(everything, size)]
     best = None
     for way in COMBINES if combine == "best" else (combine,):  # the first kept on ties: "mean"
         for subset in subsets:
@@ -280,31 +282,38 @@ def _fit_thresholds(stage_logits, labels, costs, confidence, combine, rank, cand
     confidences = torch.stack([confidence_of(c, confidence) for c in combined]).double()  # (stages, clips)
     correct = torch.stack([c.argmax(-1) == labels for c in combined]).double()
     spent = torch.tensor(costs, dtype=torch.float64).cumsum(0)
-    always = torch.ones(1, confidences.shape[1], dtype=torch.bool)
-
-    def score(thresholds):
-        stops = torch.cat([confidences[:-1] >= torch.tensor(thresholds, dtype=torch.float64)[:, None], always])
-        stage = stops.double().argmax(0)  # the first stage that stops the clip
-        return (100.0 * correct.gather(0, stage[None]).mean().item(), spent[stage].mean().item())
-
     quantiles = torch.linspace(0, 1, candidates, dtype=torch.float64)
     grid = sorted(set(torch.quantile(confidences.flatten(), quantiles).tolist()) | {NEVER})
+    # numpy from here: many small array operations, which torch would spread over threads at a cost of its own
+    confidences, correct, spent = confidences.numpy(), correct.numpy(), spent.numpy()
+    clips = confidences.shape[1]
+
+    def scores(rules):  # K threshold lists -> K (top1, mean cost), computed together
+        thresholds = np.asarray(rules, dtype=np.float64).reshape(len(rules), stages - 1)
+        stops = np.concatenate([confidences[None, :-1] >= thresholds[:, :, None],
+                                np.ones((len(rules), 1, clips), dtype=bool)], 1)
+        stage = stops.argmax(1)  # (K, clips): the first stage that stops each clip
+        right = np.take_along_axis(correct, stage, 0)
+        return list(zip((100.0 * right.mean(-1)).tolist(), spent[stage].mean(-1).tolist()))
+
+    def keep_better(rules, best, best_score):  # in order: the first of equals stays
+        improved = False
+        for candidate, candidate_score in zip(rules, scores(rules)):
+            if rank(candidate_score) > rank(best_score):
+                best, best_score, improved = candidate, candidate_score, True
+        return best, best_score, improved
+
     best = [NEVER] * (stages - 1)
-    best_score = score(best)
-    for value in grid if stages > 1 else ():  # one shared threshold
-        candidate = [value] * (stages - 1)
-        candidate_score = score(candidate)
-        if rank(candidate_score) > rank(best_score):
-            best, best_score = candidate, candidate_score
+    best_score = scores([best])[0]
+    if stages > 1:  # one shared threshold
+        best, best_score, _ = keep_better([[value] * (stages - 1) for value in grid], best, best_score)
     improved = stages > 2
-    while improved:  # then each stage's own
+    while improved:  # then each stage's own; a stage's candidates differ from the best in that stage only
         improved = False
         for stage in range(stages - 1):
-            for value in grid:
-                candidate = best[:stage] + [value] + best[stage + 1:]
-                candidate_score = score(candidate)
-                if rank(candidate_score) > rank(best_score):
-                    best, best_score, improved = candidate, candidate_score, True
+            best, best_score, changed = keep_better([best[:stage] + [value] + best[stage + 1:] for value in grid],
+                                                    best, best_score)
+            improved |= changed
     return best, best_score
 
 

@@ -291,3 +291,15 @@ def test_calibration_keeps_the_better_way_to_combine_the_evidence():
     assert best.fitted["mean_cost"] == pytest.approx(1.0 + 4.0 * 3 / 5)
     with pytest.raises(ValueError, match="combine"):
         fit_cascade(stage_logits, labels, SCALES[:2], [1.0, 4.0], combine="vote")
+
+
+def test_stage_choice_stays_small_on_a_long_front():
+    """Eight scales: the fit tries the whole list and the subsets of at most max_stages scales, not all 255."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (60,), generator=generator)
+    stage_logits = torch.randn(8, 60, 3, generator=generator)
+    stage_logits[:, torch.arange(60), labels] += torch.linspace(0.0, 3.0, 8)[:, None]  # later scales more often right
+    scales = [(frames, 56) for frames in range(1, 9)]
+    cascade = fit_cascade(stage_logits, labels, scales, [float(f) for f, _ in scales], max_stages=2)
+    assert len(cascade.scales) <= 2 or cascade.scales == scales
+    assert cascade.fitted["top1"] >= max(cascade.fitted["single_scale_top1"].values()) - 1e-9
