@@ -100,8 +100,8 @@ def render_action(action: str, num_frames: int = 24, size: int = 96, rng: np.ran
     if glimpse_share > 0 and rng.random() < glimpse_share:  # no draw when off
         if num_frames < 4:
             raise ValueError(f"a glimpse needs at least 4 frames, got {num_frames}")
-        first = int(rng.integers(1, num_frames - 2))
-        shown = (first, first + 1)
+        glimpse_start = int(rng.integers(1, num_frames - 2))
+        shown = (glimpse_start, glimpse_start + 1)
     clip = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t in range(num_frames):
         progress = t / max(num_frames - 1, 1) if len(shown) == num_frames else float(t > shown[0])
