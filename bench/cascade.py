@@ -73,7 +73,7 @@ def run_against_replay(run, replay) -> dict:
             if same_stage.any() else None}
 
 
-def budget_comparison(val_logits, val_labels, test_logits, test_labels, grid, gflops, stages, args) -> list[dict]:
+def budget_comparison(val_logits, val_labels, test_logits, test_labels, grid, gflops, front, args) -> list[dict]:
     """At each single scale's cost as the budget: the one-scale pick (best validation top-1 within the budget)
     against the cascade fitted on validation to the same budget, both scored on test. The cascade may use any scale
     of the front, one that costs more than the budget too: the budget bounds its mean cost on validation."""
@@ -82,7 +82,7 @@ def budget_comparison(val_logits, val_labels, test_logits, test_labels, grid, gf
     for budget in sorted(set(gflops)):
         fitting = [i for i in range(len(grid)) if gflops[i] <= budget + 1e-12]
         pick = max(fitting, key=lambda i: (val_top1[i], -gflops[i]))
-        cascade = fit_cascade(val_logits[stages], val_labels, [grid[i] for i in stages], [gflops[i] for i in stages],
+        cascade = fit_cascade(val_logits[front], val_labels, [grid[i] for i in front], [gflops[i] for i in front],
                               budget=budget, confidence=args.confidence, combine=args.combine)
         tested = cascade_summary(replay_cascade(test_logits[cascade.rows_in(grid)], cascade), test_labels, cascade)
         rows.append({"budget_gflops": budget, "one_scale": f"{grid[pick][0]}x{grid[pick][1]}",

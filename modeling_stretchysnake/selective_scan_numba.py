@@ -702,12 +702,12 @@ def _scan_backward_buffers(grad_out, u, delta, A, B, C, D, z, delta_bias, checkp
                          (chunk, n_state), *((n_state,),) * 3, *((),) * 7)
 
 
-def _conv_buffers(padded):
-    """``padded`` buffers of L + 2 (K - 1) (x or a gradient with K - 1 zeros on each side), then one of L."""
+def _conv_buffers(padded, rows):
+    """``padded`` buffers of L + 2 (K - 1) (x or a gradient with K - 1 zeros on each side), then ``rows`` of L."""
 
     def spec(x, weight, *_):
         span, dtype = x.shape[2] + 2 * (weight.shape[1] - 1), weight.dtype.str
-        return (*(((span,), dtype),) * padded, ((x.shape[2],), dtype))
+        return (*(((span,), dtype),) * padded, *(((x.shape[2],), dtype),) * rows)
 
     return spec
 
@@ -724,6 +724,5 @@ scan_forward = _on_threads(_scan_forward_tasks, _batch_times_blocks, _scan_forwa
 # one task per (batch, channel group): grad_B_parts (batch, groups, L, N) is the 23rd argument
 scan_backward = _on_threads(_scan_backward_tasks, lambda *args: args[22].shape[0] * args[22].shape[1],
                             _scan_backward_buffers)
-conv_silu_forward = _on_threads(_conv_silu_forward_tasks, _batch_times_channels,
-                                lambda *args: _conv_buffers(1)(*args)[:1])
-conv_silu_backward = _on_threads(_conv_silu_backward_tasks, _batch_times_channels, _conv_buffers(3))
+conv_silu_forward = _on_threads(_conv_silu_forward_tasks, _batch_times_channels, _conv_buffers(1, rows=0))
+conv_silu_backward = _on_threads(_conv_silu_backward_tasks, _batch_times_channels, _conv_buffers(3, rows=1))
