@@ -41,8 +41,10 @@ from modeling_stretchysnake.selective_scan_numba import (  # noqa: E402
     _FAST,
     LANES,
     _backward_chunk,
+    _finish_block,
+    _reverse_steps,
     _forward_steps,
-    _NoAliasCompiler,
+    _WideVectorCompiler,
     _run_tasks,
     exp_vectorisable,
 )
@@ -106,7 +108,7 @@ def gpu_counts(kernel: str, shape: BlockShape) -> dict:
 
 # ----- the floor: the kernels' exp, alone -----
 
-@njit(nogil=True, fastmath=_FAST, error_model="numpy")
+@njit(nogil=True, fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
 def _exp_rows(first, last, x, scales, out):
     for row in range(first, last):
         for scale in scales:  # a new argument every round, so nothing is hoisted out of the loop
@@ -131,28 +133,37 @@ def exp_rate(threads: int, rounds: int = 400, width: int = 2048) -> float:
 
 # ----- where a scan kernel's time goes: its inner loops alone -----
 
-@njit(fastmath=_FAST, error_model="numpy", pipeline_class=_NoAliasCompiler)
+@njit(fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
 def _forward_loop(B, C, xs, time_steps, skips, decay_rates, state, inputs, ys):
     length = xs.shape[0]
     _forward_steps(B, C, 0, 0, length, length, False, xs, time_steps, skips, decay_rates, state, inputs, ys, 16)
 
 
-@njit(fastmath=_FAST, error_model="numpy", pipeline_class=_NoAliasCompiler)
+@njit(fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
 def _backward_loop(B, C, steps, xs, time_steps, slopes, gates, grad_ys, skips, decay_rates, states, decays, grad_state,
-                   grad_A, sums_D, sums_bias, grad_x, grad_dt, ys, grad_u, grad_delta, grad_z, y_gated, grad_B_lanes,
-                   grad_C_lanes):
+                   grad_A, sums_D, sums_bias, inputs, grad_u, grad_delta, grad_z, y_gated, grad_B_lanes, grad_C_lanes):
     sequences = (xs, time_steps, slopes, gates, grad_ys)
-    parameters = (skips, decay_rates, states, decays, grad_state, grad_A, sums_D, sums_bias, grad_x, grad_dt, ys)
+    parameters = (skips, decay_rates, states, decays, grad_state, grad_A, inputs)
     outputs = (grad_u, grad_delta, grad_z, y_gated, grad_B_lanes, grad_C_lanes)
     _backward_chunk(B, C, 0, 0, steps, False, True, True, sequences, parameters, outputs, 16)
+    _finish_block(steps, False, xs, time_steps, slopes, grad_ys, skips, sums_D, sums_bias, grad_u, grad_delta)
+
+
+@njit(fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
+def _walk_back_loop(B, C, steps, xs, time_steps, slopes, gates, grad_ys, skips, decay_rates, states, decays, grad_state,
+                    grad_A, sums_D, sums_bias, inputs, grad_u, grad_delta, grad_z, y_gated, grad_B_lanes,
+                    grad_C_lanes):
+    _reverse_steps(B, C, 0, 0, steps, steps, False, xs, time_steps, grad_ys, decay_rates, states, decays, grad_state,
+                   grad_A, grad_u, grad_delta, grad_B_lanes, grad_C_lanes, 16)
 
 
 def inner_loops(shape: BlockShape, repeats: int) -> dict:
     """ns per channel, state and step of the scans' inner loops alone, one block of LANES channels on buffers the
     kernels would have gathered (1 thread, CPU time): the forward steps (exp, state update, y += h C), and one
-    backward chunk (recompute the states, then walk them back). A kernel's time beyond loop x its steps is its
-    passes per block: gathering and scattering the strided sequences, softplus and its slope, the gate, the lanes'
-    dB and dC sums."""
+    backward chunk (recompute the states and y, the gate, the walk back, then the per-step sums over the chunk's
+    steps), and the chunk's walk back alone (its multiply-adds: the rest of the chunk is the recompute, with its
+    exps). A kernel's time beyond loop x its steps is its passes per block: gathering and scattering the strided
+    sequences, softplus and its slope, the forward's gate, the lanes' dB and dC sums."""
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     steps = min(shape.length, 128)  # one checkpoint chunk
@@ -164,15 +175,19 @@ def inner_loops(shape: BlockShape, repeats: int) -> dict:
     xs, gates, grad_ys = lanes(steps), lanes(steps), lanes(steps)
     time_steps, slopes = lanes(steps, low=0.001, high=0.1), lanes(steps, low=0.4, high=0.6)
     decay_rates = -np.repeat(np.arange(1, shape.state + 1, dtype=np.float32)[:, None], LANES, 1)
+    zeros = np.zeros((steps, LANES), dtype=np.float32)  # grad_u, grad_delta: the kernel zeroes them per block
     work = [lanes(steps + 1, shape.state), lanes(steps, shape.state), *(lanes(shape.state) for _ in range(2)),
-            *(lanes() for _ in range(5)), *(lanes(steps) for _ in range(4)), *(lanes(steps, shape.state)
-                                                                                for _ in range(2))]
+            *(lanes() for _ in range(3)), zeros, zeros.copy(), lanes(steps), lanes(steps),
+            *(lanes(steps, shape.state) for _ in range(2))]
     backward_args = [B, C, steps, xs, time_steps, slopes, gates, grad_ys, lanes(), decay_rates, *work]
     forward_args = [B, C, xs, time_steps, lanes(), decay_rates, lanes(shape.state), lanes(), lanes(steps)]
-    timings = {"forward steps": [], "backward chunk": []}
+    backward_resets = (7, 12, 13, 14, 15, 17, 18, 21, 22)  # what a chunk changes, restored after each call
+    probes = (("forward steps", _forward_loop, forward_args, (6,)),
+              ("backward chunk", _backward_loop, backward_args, backward_resets),
+              ("backward walk back", _walk_back_loop, backward_args, backward_resets))
+    timings = {name: [] for name, *_ in probes}
     for _ in range(repeats):
-        for name, loop, args, resets in (("forward steps", _forward_loop, forward_args, (6,)),
-                                         ("backward chunk", _backward_loop, backward_args, (7, 12, 13, 14, 15, 23, 24))):
+        for name, loop, args, resets in probes:
             originals = [args[i].copy() for i in resets]
             loop(*args)  # compiles on the first round; then warms the caches
             for i, original in zip(resets, originals):
@@ -331,7 +346,8 @@ def loops_report(loops: dict, all_results: list) -> str:
     for key, loop in loops.items():
         shape = SHAPES[key]
         state_steps = 2 * shape.batch * shape.d_inner * shape.length * shape.state  # both directions
-        for name, kernel in (("forward steps", "forward: scan_forward"), ("backward chunk", "backward: scan_backward")):
+        for name, kernel in (("forward steps", "forward: scan_forward"), ("backward chunk", "backward: scan_backward"),
+                             ("backward walk back", "backward: scan_backward")):
             loop_ms = loop[name] * state_steps / 1e6
             kernel_ms = one_thread["shapes"][key]["kernels"][kernel]["ms"]
             lines.append(f"| {shape.name} | {name} | {loop[name]:.3f} | {loop[name] / exp_ns:.2f} | {loop_ms:.2f} | "

@@ -16,10 +16,15 @@ O(L * d_inner) rather than O(L * d_inner * N). Gradients of B and C are summed p
 channels, then over the lanes in order, into (batch, groups, L, N) buffers reduced afterwards in torch: no atomics,
 deterministic for any thread count. The depthwise conv + SiLU kernels keep one channel per task, vectorised over L.
 
-Two things keep LLVM vectorising, both measured: the kernels' working buffers come in as arguments (numba marks a
-kernel's arguments ``noalias``, never the arrays it allocates, and without it the per-lane sums stay in memory), and
-every per-element index is one numba can prove non-negative (it wraps any other, such as ``t + K - 1``, and the
-wrap keeps a loop scalar: the conv backward ran 4x slower so).
+Three things keep LLVM vectorising well, all measured: the kernels' working buffers come in as arguments (numba
+marks a kernel's arguments ``noalias``, never the arrays it allocates, and without it the per-lane sums stay in
+memory); every per-element index is one numba can prove non-negative (it wraps any other, such as ``t + K - 1``, and
+the wrap keeps a loop scalar: the conv backward ran 4x slower so); and the scans ask for 512-bit vectors, a block's
+16 lanes in one register (``_WideVectorCompiler``; LLVM's default on AVX-512 CPUs is two 256-bit halves). A loop
+over a block's lanes that holds an exp or a branch is written flat over the (L, LANES) buffer: LLVM's loop
+vectoriser if-converts it, while the 16-wide inner loop of a (t, c) nest, unrolled, is left to the SLP vectoriser,
+which does not (the backward gate ran 5x slower so); and each step's work sits in the loop over N (the backward once
+summed y over N in a loop of its own, which LLVM vectorised over N with a horizontal sum per lane).
 
 The kernels are compiled when this module is first imported, for float32 and float64 (``cache=True``: once per
 machine, then loaded from numba's cache).
@@ -49,7 +54,8 @@ import torch
 try:  # transformers' remote-code import check skips try blocks: numba stays optional for Hub users
     import numba  # noqa: F401
     from numba import njit
-    from numba.core import compiler, types
+    from numba.core import compiler, lowering, typed_passes, types
+    from numba.core.compiler_machinery import register_pass
     from numba.extending import intrinsic, overload
 except ImportError as error:
     raise ImportError("the fused CPU selective scan needs numba (pip install numba)") from error
@@ -64,8 +70,36 @@ def gradient_groups(batch: int, d_inner: int) -> int:
     """Channel groups per batch item in the CPU backward, each a run of blocks of LANES channels: each keeps its own
     (L, N) partial sums of dB and dC (summed afterwards, so no atomics and the same result for any thread count).
     Enough groups to spread the work over GRADIENT_TASKS tasks, few enough that the partials stay small next to the
-    activations at large batch."""
-    return max(1, min(-(-d_inner // LANES), 16, -(-GRADIENT_TASKS // batch)))
+    activations at large batch. No group is left without blocks: each task zeroes and sums its (L, N, LANES) per-lane
+    partials whether it has blocks or not (at tiny's batch 2 and 24 blocks, 16 groups of ceil(24 / 16) = 2 blocks
+    left 4 empty tasks, each moving 6.4 MB for nothing)."""
+    blocks = -(-d_inner // LANES)
+    per_group = -(-blocks // max(1, min(blocks, 16, -(-GRADIENT_TASKS // batch))))
+    return -(-blocks // per_group)
+
+
+VECTOR_BITS = LANES * 32  # a block's LANES float32 lanes are one vector register of this width (AVX-512: one zmm)
+
+
+class _WideVectorLower(lowering.Lower):
+    """numba's lowering, with the kernel's LLVM function asking for VECTOR_BITS-wide vectors: LLVM's tuning for
+    AVX-512 CPUs prefers 256-bit vectors (``prefer-256-bit``), so the 16 lanes of a block took two ymm registers per
+    operation (the kernels ran 1.2-1.3x slower, the exp probe 1.5x). A function attribute, as clang's
+    ``-mprefer-vector-width``: it changes these kernels only, not other numba code in the process. Without AVX-512
+    LLVM uses the widest vectors the CPU has, as before."""
+
+    def setup_function(self, fndesc):
+        super().setup_function(fndesc)
+        set.add(self.function.attributes, f'"prefer-vector-width"="{VECTOR_BITS}"')  # llvmlite knows no string attrs
+
+
+@register_pass(mutates_CFG=True, analysis_only=False)
+class _WideVectorLowering(typed_passes.NativeLowering):
+    _name = "stretchysnake_wide_vector_lowering"
+
+    @property
+    def lowering_class(self):
+        return _WideVectorLower
 
 
 class _NoAliasCompiler(compiler.Compiler):
@@ -77,6 +111,20 @@ class _NoAliasCompiler(compiler.Compiler):
         flags = flags.copy()
         flags.noalias = True
         super().__init__(typingctx, targetctx, library, args, return_type, flags, locals)
+
+
+class _WideVectorCompiler(_NoAliasCompiler):
+    """``_NoAliasCompiler`` whose lowering asks for vectors as wide as a block of lanes (``_WideVectorLower``): the
+    scan kernels. The conv kernels keep LLVM's choice: they are bound by memory, not arithmetic (no faster with
+    512-bit vectors), and LLVM vectorises their sums over L in an order that follows the vector width, so wider
+    vectors would change their gradients' last bits (and every trained model's numbers) for nothing."""
+
+    def define_pipelines(self):
+        pipeline = compiler.DefaultPassBuilder.define_nopython_pipeline(self.state)
+        pipeline.passes = [(_WideVectorLowering if stage is typed_passes.NativeLowering else stage, description)
+                           for stage, description in pipeline.passes]
+        pipeline.finalize()
+        return [pipeline]
 
 
 _FAST = {"reassoc", "contract", "nsz", "arcp"}  # reassociation lets LLVM vectorise the sums over N
@@ -162,6 +210,20 @@ def _log1p_vectorisable_overload(x):
     return log1p_other
 
 
+def gate_gradient(grad_y, y, sigmoid, gate, one):
+    """dLoss/dz of y silu(z): ((grad_y y) sigmoid) (1 + z (1 - sigmoid)), multiplied in this order whatever loop it
+    is inlined into (with the kernels' fast-math flags LLVM may order the product differently in each loop)."""
+    return grad_y * y * sigmoid * (one + gate * (one - sigmoid))
+
+
+@overload(gate_gradient, jit_options={"fastmath": _EXACT_ORDER})
+def _gate_gradient_overload(grad_y, y, sigmoid, gate, one):
+    def gate_gradient_in_order(grad_y, y, sigmoid, gate, one):
+        return grad_y * y * sigmoid * (one + gate * (one - sigmoid))
+
+    return gate_gradient_in_order
+
+
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
 def _sigmoid(x, one):
     return one / (one + exp_vectorisable(-x))
@@ -187,7 +249,7 @@ def _signatures(kind):
         elif kind == "backward":
             signatures.append(types.void(*tasks, seq, seq, seq, c2, c3, c3, c1, seq, c1, c4, flag, flag, flag, flag,
                                          flag, flag, seq, seq, seq, c3, c2, c2, c4, c4, seq,
-                                         *(c2,) * 9, *(c3,) * 4, *(c2,) * 3, *(c1,) * 7))
+                                         *(c2,) * 9, *(c3,) * 4, *(c2,) * 3, *(c1,) * 5))
         elif kind == "conv":  # depthwise conv + SiLU, both directions
             signatures.append(types.void(*tasks, seq, c2, c1, c2, c1, c3, c3, c3, c3, c1))
         else:  # its gradient
@@ -198,30 +260,28 @@ def _signatures(kind):
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
 def _gather_lanes(rows, b, d0, lanes, zero, out):
     """out[t, c] = rows[b, d0 + c, t] for the block's channels (rows: (batch, d_inner, L), any strides), zero in
-    the lanes past d_inner's end. Reads along whichever axis of rows is the closer in memory. (Through a view:
-    numba wraps an index it cannot prove non-negative, such as d0 + c, and that keeps a loop from vectorising.)"""
+    the lanes past d_inner's end. Row by row of out whatever the strides: each row a vector store, and the buffer
+    filled in order (a (batch, d_inner, L) tensor read a channel at a time instead wrote out a column at a time:
+    1.7x the time at L = 130, 6x at L = 1569, where out leaves L1). (Through a view: numba wraps an index it cannot
+    prove non-negative, such as d0 + c, and that keeps a loop from vectorising.)"""
     length = rows.shape[2]
     block = rows[b, d0:d0 + lanes]
-    if lanes < LANES:
-        out[:, :] = zero
-    if rows.strides[1] <= rows.strides[2]:  # channels closer: a (batch, L, d_inner) tensor's transposed view
-        if lanes == LANES:  # a constant count: the inner copy unrolls
-            for t in range(length):
-                for c in range(LANES):
-                    out[t, c] = block[c, t]
-        else:
-            for t in range(length):
-                for c in range(lanes):
-                    out[t, c] = block[c, t]
+    if lanes == LANES:  # a constant count: the inner copy unrolls
+        for t in range(length):
+            for c in range(LANES):
+                out[t, c] = block[c, t]
     else:
-        for c in range(lanes):
-            for t in range(length):
+        out[:, :] = zero
+        for t in range(length):
+            for c in range(lanes):
                 out[t, c] = block[c, t]
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
 def _scatter_lanes(lane_rows, rows, b, d0, lanes, accumulate):
-    """rows[b, d0 + c, t] = (or +=) lane_rows[t, c] for the block's channels; the loop order as in _gather_lanes."""
+    """rows[b, d0 + c, t] = (or +=) lane_rows[t, c] for the block's channels, along whichever axis of rows is the
+    closer in memory (into a (batch, d_inner, L) tensor: 0.18 ns an element at L = 130 against 0.30 row by row, 0.45
+    against 0.32 at L = 1569)."""
     length = rows.shape[2]
     block = rows[b, d0:d0 + lanes]
     if rows.strides[1] <= rows.strides[2]:
@@ -300,7 +360,7 @@ def _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips,
 
 
 @njit(_signatures("forward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
-      pipeline_class=_NoAliasCompiler)
+      pipeline_class=_WideVectorCompiler)
 def _scan_forward_tasks(first_task, last_task, u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias,
                         reverse, accumulate, out, checkpoints, xs, time_steps, ys, decay_rates, state, skips, biases,
                         inputs):
@@ -348,49 +408,55 @@ def _scan_forward_tasks(first_task, last_task, u, delta, A, B, C, D, z, delta_bi
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
-def _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs, n_state):
-    """One checkpoint chunk of a block in backward: recompute its states (steps + 1, N, LANES) from states[0], then
-    walk it back, carrying grad_state (N, LANES) and accumulating grad_A (N, LANES), the grad_D, grad_bias sums
-    (LANES,) and dB, dC per lane (grad_B_lanes, grad_C_lanes: (L, N, LANES)); writes grad_u, grad_delta, grad_z and
-    the gated y (L, LANES). The arrays come in tuples (CPython passes more than 30 arguments as *args, which numba
-    cannot inline)."""
-    xs, time_steps, slopes, gates, grad_ys = sequences
-    skips, decay_rates, states, decays, grad_state, grad_A, sums_D, sums_bias, grad_x, grad_dt, ys = parameters
-    grad_u, grad_delta, grad_z, y_gated, grad_B_lanes, grad_C_lanes = outputs
-    length = xs.shape[0]
-    zero = xs.dtype.type(0.0)
-    one = xs.dtype.type(1.0)
-    for i in range(steps):  # recompute the chunk's states
+def _recompute_chunk(B, C, b, start, steps, length, reverse, xs, time_steps, skips, decay_rates, states, decays,
+                     inputs, ys, n_state, with_y):
+    """Backward's replay of forward steps start..start + steps - 1 of a block: states[i + 1] (N, LANES) = h after
+    step start + i from states[0], decays[i] = exp(dt A) of that step, and with ``with_y`` the ungated output
+    ys[t] = <h_t, C_t> + D u_t, summed over N in the forward's loop (vectorised over the lanes)."""
+    for i in range(steps):
         t = length - 1 - (start + i) if reverse else start + i
         for c in range(LANES):
-            grad_x[c] = time_steps[t, c] * xs[t, c]  # here: the step's input dt * x
+            inputs[c] = time_steps[t, c] * xs[t, c]
+        if with_y:
+            for c in range(LANES):
+                ys[t, c] = skips[c] * xs[t, c]
         for n in range(n_state):
             b_n = B[b, t, n]
+            c_n = C[b, t, n]
             for c in range(LANES):
                 decay = exp_vectorisable(time_steps[t, c] * decay_rates[n, c])
                 decays[i, n, c] = decay
-                states[i + 1, n, c] = decay * states[i, n, c] + grad_x[c] * b_n
-    for i in range(steps - 1, -1, -1):  # and walk it back
+                h = decay * states[i, n, c] + inputs[c] * b_n
+                states[i + 1, n, c] = h
+                if with_y:
+                    ys[t, c] += h * c_n
+
+
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
+def _gate_rows(first, stop, gates, grad_ys, ys, grad_z):
+    """Rows first..stop - 1 of (L, LANES) buffers, as one flat vector loop: the gate's gradient grad_z = grad_y y
+    silu'(z), and grad_ys and ys (the ungated output) gated by silu(z)."""
+    one = ys.dtype.type(1.0)
+    flat_gates = gates[first:stop].reshape((stop - first) * LANES)
+    flat_grad_ys = grad_ys[first:stop].reshape((stop - first) * LANES)
+    flat_ys = ys[first:stop].reshape((stop - first) * LANES)
+    flat_grad_z = grad_z[first:stop].reshape((stop - first) * LANES)
+    for i in range((stop - first) * LANES):
+        gate = flat_gates[i]
+        sigmoid = _sigmoid(gate, one)
+        flat_grad_z[i] = gate_gradient(flat_grad_ys[i], flat_ys[i], sigmoid, gate, one)
+        flat_grad_ys[i] *= gate * sigmoid
+        flat_ys[i] *= gate * sigmoid
+
+
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
+def _reverse_steps(B, C, b, start, steps, length, reverse, xs, time_steps, grad_ys, decay_rates, states, decays,
+                   grad_state, grad_A, grad_x, grad_dt, grad_B_lanes, grad_C_lanes, n_state):
+    """Walk a recomputed chunk back, carrying grad_state (N, LANES) (dLoss/dh) and accumulating grad_A (N, LANES),
+    dB, dC per lane (grad_B_lanes, grad_C_lanes: (L, N, LANES)) and the sums over N of the time step's and the
+    input's gradients into grad_dt and grad_x (L, LANES; zero on entry): every operation a vector over the lanes."""
+    for i in range(steps - 1, -1, -1):
         t = length - 1 - (start + i) if reverse else start + i
-        if has_z or has_y:
-            for c in range(LANES):
-                ys[c] = skips[c] * xs[t, c]
-            for n in range(n_state):
-                c_n = C[b, t, n]
-                for c in range(LANES):
-                    ys[c] += states[i + 1, n, c] * c_n
-            for c in range(LANES):
-                if has_z:
-                    gate = gates[t, c]
-                    sigmoid = _sigmoid(gate, one)
-                    grad_z[t, c] = grad_ys[t, c] * ys[c] * sigmoid * (one + gate * (one - sigmoid))
-                    grad_ys[t, c] *= gate * sigmoid
-                    ys[c] *= gate * sigmoid
-                y_gated[t, c] = ys[c]
-        for c in range(LANES):
-            sums_D[c] += grad_ys[t, c] * xs[t, c]
-            grad_dt[c] = zero
-            grad_x[c] = zero
         for n in range(n_state):
             b_n = B[b, t, n]
             c_n = C[b, t, n]
@@ -399,25 +465,57 @@ def _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, par
                 grad_C_lanes[t, n, c] += grad_ys[t, c] * states[i + 1, n, c]
                 grad_B_lanes[t, n, c] += g_h * time_steps[t, c] * xs[t, c]
                 decayed_previous = decays[i, n, c] * states[i, n, c]
-                grad_dt[c] += g_h * (decay_rates[n, c] * decayed_previous + b_n * xs[t, c])
+                grad_dt[t, c] += g_h * (decay_rates[n, c] * decayed_previous + b_n * xs[t, c])
                 grad_A[n, c] += g_h * time_steps[t, c] * decayed_previous
-                grad_x[c] += g_h * b_n
+                grad_x[t, c] += g_h * b_n
                 grad_state[n, c] = g_h * decays[i, n, c]  # dLoss/dh_{t-1} through h_t
+
+
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
+def _finish_block(length, reverse, xs, time_steps, slopes, grad_ys, skips, sums_D, sums_bias, grad_u, grad_delta):
+    """After a block's chunks: grad_u (L, LANES; grad_x on entry) = grad_y D + grad_x dt, grad_delta (grad_dt on
+    entry) times softplus' slope, and the sums over L of grad_y u (D's gradient) and of grad_delta (the bias's),
+    accumulated from the scan's last step to its first."""
+    for s in range(length - 1, -1, -1):
+        t = length - 1 - s if reverse else s
         for c in range(LANES):
-            grad_u[t, c] = grad_ys[t, c] * skips[c] + grad_x[c] * time_steps[t, c]
-            grad_delta[t, c] = grad_dt[c] * slopes[t, c]
+            sums_D[c] += grad_ys[t, c] * xs[t, c]
+            grad_u[t, c] = grad_ys[t, c] * skips[c] + grad_u[t, c] * time_steps[t, c]
+            grad_delta[t, c] *= slopes[t, c]
             sums_bias[c] += grad_delta[t, c]
 
 
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
+def _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs, n_state):
+    """One checkpoint chunk of a block in backward: recompute its states (steps + 1, N, LANES) from states[0] (and
+    the output, when the gate or a projection after the scan needs it), gate, then walk it back. The arrays come in
+    tuples (CPython passes more than 30 arguments as *args, which numba cannot inline)."""
+    xs, time_steps, slopes, gates, grad_ys = sequences
+    skips, decay_rates, states, decays, grad_state, grad_A, inputs = parameters
+    grad_u, grad_delta, grad_z, y_gated, grad_B_lanes, grad_C_lanes = outputs
+    length = xs.shape[0]
+    if has_z or has_y:
+        _recompute_chunk(B, C, b, start, steps, length, reverse, xs, time_steps, skips, decay_rates, states, decays,
+                         inputs, y_gated, n_state, True)
+    else:
+        _recompute_chunk(B, C, b, start, steps, length, reverse, xs, time_steps, skips, decay_rates, states, decays,
+                         inputs, y_gated, n_state, False)
+    if has_z:
+        first = length - start - steps if reverse else start  # the chunk's rows: contiguous in either direction
+        _gate_rows(first, first + steps, gates, grad_ys, y_gated, grad_z)
+    _reverse_steps(B, C, b, start, steps, length, reverse, xs, time_steps, grad_ys, decay_rates, states, decays,
+                   grad_state, grad_A, grad_u, grad_delta, grad_B_lanes, grad_C_lanes, n_state)
+
+
 @njit(_signatures("backward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
-      pipeline_class=_NoAliasCompiler)
+      pipeline_class=_WideVectorCompiler)
 def _scan_backward_tasks(
     first_task, last_task, grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z,
     has_bias, reverse, has_y,
     grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts, y_out,
     xs, time_steps, slopes, gates, grad_ys, lane_grad_u, lane_grad_delta, lane_grad_z, lane_y,
     grad_B_lanes, grad_C_lanes, states, decays, decay_rates, grad_state, grad_A,
-    skips, biases, sums_D, sums_bias, grad_x, grad_dt, ys,
+    skips, biases, sums_D, sums_bias, inputs,
 ):
     """Reverse scan. Inputs as in ``scan_forward`` plus grad_out (batch, d_inner, L). Writes grad_u,
     grad_delta (batch, d_inner, L); adds to grad_z (batch, d_inner, L, must be zero on entry or hold another
@@ -437,7 +535,7 @@ def _scan_backward_tasks(
     blocks_per_group = -(-blocks // groups)
     zero = u.dtype.type(0.0)
     sequences = (xs, time_steps, slopes, gates, grad_ys)
-    parameters = (skips, decay_rates, states, decays, grad_state, grad_A, sums_D, sums_bias, grad_x, grad_dt, ys)
+    parameters = (skips, decay_rates, states, decays, grad_state, grad_A, inputs)
     outputs = (lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes, grad_C_lanes)
     for task in range(first_task, last_task):  # of batch * groups
         b = task // groups
@@ -458,6 +556,8 @@ def _scan_backward_tasks(
             grad_A[:, :] = zero
             sums_D[:] = zero
             sums_bias[:] = zero
+            lane_grad_u[:, :] = zero  # grad_x, then grad_u
+            lane_grad_delta[:, :] = zero  # grad_dt, then grad_delta
             for chunk in range(checkpoints.shape[2] - 1, -1, -1):
                 start = chunk * checkpoint_every
                 steps = min(checkpoint_every, length - start)
@@ -470,6 +570,8 @@ def _scan_backward_tasks(
                 else:
                     _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs,
                                     n_state)
+            _finish_block(length, reverse, xs, time_steps, slopes, grad_ys, skips, sums_D, sums_bias, lane_grad_u,
+                          lane_grad_delta)
             for c in range(lanes):
                 for n in range(n_state):
                     grad_A_parts[b, d0 + c, n] = grad_A[n, c]
@@ -699,7 +801,7 @@ def _scan_backward_buffers(grad_out, u, delta, A, B, C, D, z, delta_bias, checkp
     length, n_state = u.shape[2], A.shape[1]
     chunk = -(-length // checkpoints.shape[2])
     return _lane_buffers(delta.dtype, *((length,),) * 9, (length, n_state), (length, n_state), (chunk + 1, n_state),
-                         (chunk, n_state), *((n_state,),) * 3, *((),) * 7)
+                         (chunk, n_state), *((n_state,),) * 3, *((),) * 5)
 
 
 def _conv_buffers(padded, rows):

@@ -320,3 +320,39 @@ def test_numba_kernels_run_on_torch_threads_without_a_pool_of_their_own(threads)
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"torch {threads} helpers {threads - 1} numba layer False" in result.stdout, result.stdout
+
+
+def test_gradient_groups_are_never_empty_and_keep_the_main_job_split():
+    """Each backward task zeroes and sums its per-lane dB/dC buffer whether it has channel blocks or not: the group
+    count is what the group size needs (the main job's batch 8, d_inner 192: 4 groups of 3 blocks, as before)."""
+    from modeling_stretchysnake.selective_scan_numba import LANES, gradient_groups
+
+    assert gradient_groups(8, 192) == 4
+    for batch in (1, 2, 3, 4, 8, 16, 64):
+        for d_inner in (8, 16, 40, 192, 384, 768, 1152, 1536):
+            blocks = -(-d_inner // LANES)
+            groups = gradient_groups(batch, d_inner)
+            per_group = -(-blocks // groups)
+            assert 1 <= groups <= 16 and (groups - 1) * per_group < blocks, (batch, d_inner, groups)
+
+
+def test_scan_kernels_ask_llvm_for_vectors_as_wide_as_a_block():
+    """The scans' compiler marks its LLVM functions with the vector width of a block of lanes (LLVM's default on
+    AVX-512 CPUs is 256 bits, half a block); the conv kernels' compiler leaves LLVM's choice."""
+    import numpy as np
+    from numba import njit
+
+    from modeling_stretchysnake.selective_scan_numba import VECTOR_BITS, _NoAliasCompiler, _WideVectorCompiler
+
+    def scale(x, out):
+        for i in range(x.shape[0]):
+            out[i] = 2 * x[i]
+
+    attribute = f'"prefer-vector-width"="{VECTOR_BITS}"'
+    x = np.ones(64, dtype=np.float32)
+    for compiler, marked in ((_WideVectorCompiler, True), (_NoAliasCompiler, False)):
+        kernel = njit(pipeline_class=compiler)(scale)
+        out = np.zeros_like(x)
+        kernel(x, out)
+        assert (out == 2).all()
+        assert (attribute in kernel.inspect_llvm(kernel.signatures[0])) is marked
