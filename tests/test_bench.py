@@ -159,6 +159,23 @@ def test_kernel_floor_benchmark_times_every_kernel_against_the_exp_floor(tmp_pat
     assert "loop share" in result.stdout
 
 
+def test_step_profile_times_the_parts_of_the_training_step(tmp_path):
+    """bench/step_profile.py, two steps of the recipe on a few rendered clips: the parts of a step, in ms per step,
+    the mixer ops and kernels counted inside the forward and backward that call them."""
+    result = run_script([sys.executable, str(ROOT / "bench" / "step_profile.py"), "--steps", "2", "--output_dir",
+                         str(tmp_path / "run"), "--", "--generated_train_per_class", "2", "--generated_eval_per_class",
+                         "1", "--eval_frames", "2", "--eval_resolutions", "56", "--data_root", str(tmp_path / "data")],
+                        tmp_path)
+    table = result.stdout[result.stdout.index("ms per training step, 2 steps:"):]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table.splitlines()[3:]}
+    ms = {name: float(cells[0]) for name, cells in rows.items()}
+    assert rows["forward and loss (compute_loss)"][1].strip(" |") == "2"  # called once a step
+    assert ms["of the forward: the mixer ops (all blocks)"] < ms["forward and loss (compute_loss)"]
+    assert ms["of the backward: the mixer ops (all blocks)"] < ms["backward (accelerator.backward)"]
+    whole = ms["Trainer.train, whole (the first steps' warm-up included)"]
+    assert ms["forward and loss (compute_loss)"] + ms["backward (accelerator.backward)"] < whole
+
+
 def test_cascade_benchmark_writes_its_comparison(tmp_path):
     """bench/cascade.py on a small untrained model: single scales, the fitted cascade (run for real and replayed),
     the budget comparison and the fixed model's reference, in JSON, markdown and a plot."""
