@@ -95,7 +95,9 @@ class _WideVectorLower(lowering.Lower):
 
 @register_pass(mutates_CFG=True, analysis_only=False)
 class _WideVectorLowering(typed_passes.NativeLowering):
-    _name = "stretchysnake_wide_vector_lowering"
+    # numba's pass registry wants unique names: a second copy of this module (a saved model's code, loaded with
+    # trust_remote_code next to the installed package) registers its own pass under its own module name
+    _name = f"wide_vector_lowering ({__name__})"
 
     @property
     def lowering_class(self):
