@@ -127,8 +127,7 @@ def run(args) -> dict:
     best = max(range(len(grid)), key=lambda i: (val_top1[i], -gflops[i]))  # what validation would pick
     results = {
         "model": args.model, "label": args.label, "manifest": args.manifest, "task": args.task,
-        "test_videos": len(test_labels),
-        "validation_videos": len(val_labels), "single_scales": singles,
+        "test_videos": len(test_labels), "validation_videos": len(val_labels), "single_scales": singles,
         "best_single": singles[best], "front": [f"{grid[i][0]}x{grid[i][1]}" for i in front],
         "stages": [f"{f}x{r}" for f, r in cascade.scales],
         "cascade": cascade.to_dict(), "cascade_test": replayed, "cascade_test_mean_ms": replayed_ms["mean_cost"],
@@ -152,8 +151,7 @@ def run(args) -> dict:
 def markdown(results: dict) -> str:
     best, cascade, tested = results["best_single"], results["cascade"], results["cascade_test"]
     lines = [f"### {results['label']}: {results['model']} ({results['task']}: {results['test_videos']} test videos, "
-             f"thresholds fitted on "
-             f"{results['validation_videos']} validation videos)", "",
+             f"thresholds fitted on {results['validation_videos']} validation videos)", "",
              "| scale | validation top-1 | test top-1 | GFLOPs | ms here |", "|---|---|---|---|---|"]
     for row in results["single_scales"]:
         lines.append(f"| {row['scale']} | {row['val_top1']:.1f} | {row['test_top1']:.1f} | {row['gflops']:.4f} | "
