@@ -13,7 +13,9 @@ random inputs shaped like the model's), each call wrapped by a timer: CPU time a
 caller runs every task), wall time at 2. Rounds alternate the exp probe and the mixer, medians over --repeats.
 
 Where a scan's time goes (with 1 thread among --threads): its inner loops alone, the forward steps and one backward
-chunk on one block of channels, in ns per channel, state and step, against the whole kernel's time.
+chunk on one block of channels, in ns per channel, state and step, against the whole kernel's time; and its passes
+(gathers, softplus, the steps or chunks, the gate, scatters, the dB/dC lanes): the kernel's task loop re-run by a
+probe with its first pass, its first two, and so on, on the arguments and buffers of a real mixer round.
 
 The GPU path (Triton) is listed by its counts, per call, for the GPU check (bench/gpu.py): exps, FLOPs and the bytes
 each kernel must move at least, and their ratio (FLOPs per byte).
@@ -41,11 +43,22 @@ from modeling_stretchysnake.selective_scan_numba import (  # noqa: E402
     _FAST,
     LANES,
     _backward_chunk,
+    _block_parameters,
+    _buffers,
     _finish_block,
-    _reverse_steps,
     _forward_steps,
-    _WideVectorCompiler,
+    _gather_lanes,
+    _reverse_steps,
     _run_tasks,
+    _scan_backward_buffers,
+    _scan_backward_tasks,
+    _scan_forward_buffers,
+    _scan_forward_tasks,
+    _scatter_lanes,
+    _sigmoid,
+    _sum_lanes,
+    _time_steps,
+    _WideVectorCompiler,
     exp_vectorisable,
 )
 
@@ -201,6 +214,120 @@ def inner_loops(shape: BlockShape, repeats: int) -> dict:
     return {name: 1e9 * statistics.median(t) / per_step for name, t in timings.items()}
 
 
+# ----- where a scan kernel's time goes: its passes, each alone, on the arguments the mixer passed -----
+
+FORWARD_PASSES = ("gather u, delta", "block parameters, softplus", "steps (and checkpoints)", "gate (gather z, silu)",
+                  "scatter y")
+BACKWARD_PASSES = ("zero and sum the dB, dC lanes (per task)", "gather u, delta, grad_y, z",
+                   "block parameters, softplus and slope, zeroing", "chunks (recompute, gate, walk back)",
+                   "finish block (grad_u, grad_delta, D and bias sums)", "scatter grad_u, grad_delta, grad_z, y")
+
+
+@njit(fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
+def _forward_passes(parts, tasks, args, buffers):
+    """The forward scan kernel's task loop, running only the passes whose bit (1 << index in FORWARD_PASSES) is
+    set in ``parts``: each pass's own time, on the kernel's arguments and buffers."""
+    u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias, reverse, accumulate, out, checkpoints = args
+    xs, time_steps, ys, decay_rates, state, skips, biases, inputs = buffers
+    d_inner, length = u.shape[1], u.shape[2]
+    blocks = -(-d_inner // LANES)
+    checkpoint_every = -(-length // checkpoints.shape[2])
+    zero = u.dtype.type(0.0)
+    one = u.dtype.type(1.0)
+    for task in range(tasks):
+        b = task // blocks
+        d0 = task % blocks * LANES
+        lanes = min(LANES, d_inner - d0)
+        if parts & 1:
+            _gather_lanes(u, b, d0, lanes, zero, xs)
+            _gather_lanes(delta, b, d0, lanes, zero, time_steps)
+        if parts & 2:
+            _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
+            _time_steps(time_steps, biases, softplus, zero, xs[:0])
+        if parts & 4:
+            state[:, :] = zero
+            for chunk in range(checkpoints.shape[2]):
+                for c in range(lanes):
+                    for n in range(16):
+                        checkpoints[b, d0 + c, chunk, n] = state[n, c]
+                start = chunk * checkpoint_every
+                _forward_steps(B, C, b, start, min(start + checkpoint_every, length), length, reverse, xs,
+                               time_steps, skips, decay_rates, state, inputs, ys, 16)
+        if parts & 8 and has_z:
+            _gather_lanes(z, b, d0, lanes, zero, xs)  # xs: any (L, LANES) buffer
+            gates = xs.reshape(length * LANES)
+            flat_ys = ys.reshape(length * LANES)
+            for i in range(length * LANES):
+                flat_ys[i] *= gates[i] * _sigmoid(gates[i], one)
+        if parts & 16:
+            _scatter_lanes(ys, out, b, d0, lanes, accumulate)
+
+
+@njit(fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
+def _backward_passes(parts, tasks, args, buffers):
+    """The backward scan kernel's task loop, running only the passes whose bit (1 << index in BACKWARD_PASSES) is
+    set in ``parts``."""
+    (grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z, has_bias, reverse, has_y,
+     grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts,
+     y_out) = args
+    (xs, time_steps, slopes, gates, grad_ys, lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes,
+     grad_C_lanes, states, decays, decay_rates, grad_state, grad_A, skips, biases, sums_D, sums_bias, inputs) = buffers
+    d_inner, length = u.shape[1], u.shape[2]
+    checkpoint_every = -(-length // checkpoints.shape[2])
+    groups = grad_B_parts.shape[1]
+    blocks = -(-d_inner // LANES)
+    blocks_per_group = -(-blocks // groups)
+    zero = u.dtype.type(0.0)
+    sequences = (xs, time_steps, slopes, gates, grad_ys)
+    parameters = (skips, decay_rates, states, decays, grad_state, grad_A, inputs)
+    outputs = (lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes, grad_C_lanes)
+    for task in range(tasks):
+        b = task // groups
+        g = task % groups
+        if parts & 1:
+            grad_B_lanes[:, :, :] = zero
+            grad_C_lanes[:, :, :] = zero
+        for block in range(g * blocks_per_group, min((g + 1) * blocks_per_group, blocks)):
+            d0 = block * LANES
+            lanes = min(LANES, d_inner - d0)
+            if parts & 2:
+                _gather_lanes(u, b, d0, lanes, zero, xs)
+                _gather_lanes(delta, b, d0, lanes, zero, time_steps)
+                _gather_lanes(grad_out, b, d0, lanes, zero, grad_ys)
+                if has_z:
+                    _gather_lanes(z, b, d0, lanes, zero, gates)
+            if parts & 4:
+                _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
+                _time_steps(time_steps, biases, softplus, zero, slopes)
+                grad_state[:, :] = zero
+                grad_A[:, :] = zero
+                sums_D[:] = zero
+                sums_bias[:] = zero
+                lane_grad_u[:, :] = zero
+                lane_grad_delta[:, :] = zero
+            if parts & 8:
+                for chunk in range(checkpoints.shape[2] - 1, -1, -1):
+                    start = chunk * checkpoint_every
+                    states[0, :, :] = zero
+                    for c in range(lanes):
+                        for n in range(16):
+                            states[0, n, c] = checkpoints[b, d0 + c, chunk, n]
+                    _backward_chunk(B, C, b, start, min(checkpoint_every, length - start), reverse, has_z, has_y,
+                                    sequences, parameters, outputs, 16)
+            if parts & 16:
+                _finish_block(length, reverse, xs, time_steps, slopes, grad_ys, skips, sums_D, sums_bias,
+                              lane_grad_u, lane_grad_delta)
+            if parts & 32:
+                _scatter_lanes(lane_grad_u, grad_u, b, d0, lanes, False)
+                _scatter_lanes(lane_grad_delta, grad_delta, b, d0, lanes, False)
+                if has_z:
+                    _scatter_lanes(lane_grad_z, grad_z, b, d0, lanes, True)
+                if has_y:
+                    _scatter_lanes(lane_y, y_out, b, d0, lanes, True)
+        if parts & 1:
+            _sum_lanes(grad_B_lanes, grad_C_lanes, b, g, grad_B_parts, grad_C_parts)
+
+
 # ----- the kernels, timed inside the mixer -----
 
 def mixer_inputs(shape: BlockShape, seed: int = 0) -> dict:
@@ -227,10 +354,12 @@ class KernelTimer:
     """Wraps the numba kernels the mixer calls and records each call's time (seconds) under (phase, name): the
     mixer's backward calls conv_silu_forward too (it recomputes the conv's outputs)."""
 
-    def __init__(self, clock):
+    def __init__(self, clock, keep_arguments=False):
         self.clock = clock
         self.phase = "forward"
         self.times = {}
+        self.keep_arguments = keep_arguments
+        self.arguments = {}  # (phase, name): each call's arguments, with keep_arguments
         self.kernels = numba_kernels()
         self.originals = {name: getattr(self.kernels, name) for name in KERNELS}
 
@@ -248,6 +377,8 @@ class KernelTimer:
             start = self.clock()
             kernel(*args)
             self.times.setdefault((self.phase, name), []).append(self.clock() - start)
+            if self.keep_arguments:
+                self.arguments.setdefault((self.phase, name), []).append(args)
 
         return run
 
@@ -302,6 +433,67 @@ def measure(shapes, threads: int, repeats: int) -> dict:
         results["shapes"][key] = {"shape": shape.__dict__ | {"name": shape.name}, "kernels": kernels,
                                   "mixer_forward_ms": 1e3 * forward, "mixer_backward_ms": 1e3 * backward}
     return results
+
+
+def scan_passes(shape: BlockShape, repeats: int) -> dict:
+    """ms per mixer call (both directions) of each scan kernel and of each of its passes, on the arguments and
+    buffers of one real mixer round (1 thread, CPU time, round-robin): the probe runs the kernel's first pass, then
+    its first two, and so on to all of them (a pass alone would run on what it left itself: the gate scales grad_y in
+    place), and a pass's time is what it adds to the ones before it."""
+    torch.set_num_threads(1)
+    timer = KernelTimer(time.process_time, keep_arguments=True)
+    with timer:
+        mixer_round(mixer_inputs(shape), timer)
+    scans = {"scan_forward": (_scan_forward_tasks, _scan_forward_buffers, _forward_passes, FORWARD_PASSES,
+                              lambda args: args[0].shape[0] * -(-args[0].shape[1] // LANES)),
+             "scan_backward": (_scan_backward_tasks, _scan_backward_buffers, _backward_passes, BACKWARD_PASSES,
+                               lambda args: args[22].shape[0] * args[22].shape[1])}
+    runs = {}  # label: (kernel name, callable running every call of a round)
+    for (phase, name), calls in timer.arguments.items():
+        if name not in scans:
+            continue
+        kernel, buffer_spec, probe, passes, task_count = scans[name]
+        calls = [(args, _buffers(kernel, buffer_spec(*args)), task_count(args)) for args in calls]
+
+        def run_kernel(calls=calls, kernel=kernel):
+            for args, buffers, tasks in calls:
+                kernel(0, tasks, *args, *buffers)
+
+        def run_passes(parts, calls=calls, probe=probe):
+            for args, buffers, tasks in calls:
+                probe(parts, tasks, args, buffers)
+
+        runs[(name, "the kernel")] = run_kernel
+        for count in range(1, len(passes) + 1):  # the first pass, the first two, ..., all
+            runs[(name, count)] = lambda run=run_passes, parts=(1 << count) - 1: run(parts)
+    for run in runs.values():  # compiles the probes, warms the buffers
+        run()
+    timings = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            start = time.process_time()
+            run()
+            timings[label].append(time.process_time() - start)
+    ms = {label: 1e3 * statistics.median(values) for label, values in timings.items()}
+    results = {}
+    for name, (*_, passes, _) in scans.items():
+        rows = results[name] = {"the kernel": ms[(name, "the kernel")],
+                                "all passes (the probe)": ms[(name, len(passes))]}
+        for count, label in enumerate(passes, 1):
+            rows[label] = ms[(name, count)] - (ms[(name, count - 1)] if count > 1 else 0.0)
+    return results
+
+
+def passes_report(passes: dict) -> str:
+    lines = ["\nWhere the scans' time goes, pass by pass (1 thread, CPU time): the kernel's task loop re-run with its "
+             "first passes, on the arguments and buffers of a mixer round; a pass's ms is what it adds to those before "
+             "it, per call of the mixer (both directions)",
+             "| shape | kernel | pass | ms | share of the kernel |", "|---|---|---|---|---|"]
+    for key, kernels in passes.items():
+        for name, rows in kernels.items():
+            for label, ms in rows.items():
+                lines.append(f"| {SHAPES[key].name} | {name} | {label} | {ms:.2f} | {ms / rows['the kernel']:.0%} |")
+    return "\n".join(lines)
 
 
 def report(all_results, shapes) -> str:
@@ -370,9 +562,12 @@ def main(argv=None):
     if 1 in args.threads:  # against the 1-thread kernels' CPU time
         loops = {key: inner_loops(SHAPES[key], args.repeats) for key in args.shapes}
         print(loops_report(loops, all_results))
+    passes = {key: scan_passes(SHAPES[key], args.repeats) for key in args.shapes}
+    print(passes_report(passes))
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"kernels": all_results, "inner_loops_ns_per_state_step": loops}, f, indent=1)
+            json.dump({"kernels": all_results, "inner_loops_ns_per_state_step": loops, "scan_passes_ms": passes}, f,
+                      indent=1)
 
 
 if __name__ == "__main__":

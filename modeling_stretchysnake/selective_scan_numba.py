@@ -509,6 +509,21 @@ def _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, par
                    grad_state, grad_A, grad_u, grad_delta, grad_B_lanes, grad_C_lanes, n_state)
 
 
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
+def _sum_lanes(grad_B_lanes, grad_C_lanes, b, g, grad_B_parts, grad_C_parts):
+    """A task's dB and dC: its (L, N, LANES) lanes summed in lane order into grad_B_parts[b, g], grad_C_parts[b, g]
+    (L, N)."""
+    for t in range(grad_B_lanes.shape[0]):
+        for n in range(grad_B_lanes.shape[1]):
+            total_B = grad_B_lanes[t, n, 0]
+            total_C = grad_C_lanes[t, n, 0]
+            for c in range(1, LANES):
+                total_B += grad_B_lanes[t, n, c]
+                total_C += grad_C_lanes[t, n, c]
+            grad_B_parts[b, g, t, n] = total_B
+            grad_C_parts[b, g, t, n] = total_C
+
+
 @njit(_signatures("backward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
       pipeline_class=_WideVectorCompiler)
 def _scan_backward_tasks(
@@ -585,15 +600,7 @@ def _scan_backward_tasks(
                 _scatter_lanes(lane_grad_z, grad_z, b, d0, lanes, True)
             if has_y:
                 _scatter_lanes(lane_y, y_out, b, d0, lanes, True)
-        for t in range(length):  # the task's dB, dC: the lanes' sums, in lane order
-            for n in range(n_state):
-                total_B = grad_B_lanes[t, n, 0]
-                total_C = grad_C_lanes[t, n, 0]
-                for c in range(1, LANES):
-                    total_B += grad_B_lanes[t, n, c]
-                    total_C += grad_C_lanes[t, n, c]
-                grad_B_parts[b, g, t, n] = total_B
-                grad_C_parts[b, g, t, n] = total_C
+        _sum_lanes(grad_B_lanes, grad_C_lanes, b, g, grad_B_parts, grad_C_parts)
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
