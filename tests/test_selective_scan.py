@@ -336,6 +336,22 @@ def test_gradient_groups_are_never_empty_and_keep_the_main_job_split():
             assert 1 <= groups <= 16 and (groups - 1) * per_group < blocks, (batch, d_inner, groups)
 
 
+@pytest.mark.parametrize("reverse_layout", [False, True])
+def test_fused_backward_sums_groups_of_blocks_over_chunks(reverse_layout):
+    """The backward's tasks are groups of channel blocks whose dB and dC are summed lane by lane across the group:
+    two groups of two blocks (56 channels: 16, 16, 16 and a partial 8), three checkpoint chunks, the last partial;
+    inputs as contiguous tensors and as the mixer's transposed views."""
+    from modeling_stretchysnake.selective_scan_numba import LANES, gradient_groups
+
+    batch, d_inner = 16, 56
+    assert -(-d_inner // LANES) == 4 and gradient_groups(batch, d_inner) == 2
+    inputs = scan_inputs(batch=batch, d_inner=d_inner, length=150, n=16)
+    if reverse_layout:  # (batch, L, channels) underneath, as the mixer's u, delta and z
+        for name in ("u", "delta", "z"):
+            inputs[name] = inputs[name].transpose(1, 2).contiguous().transpose(1, 2)
+    assert_matches_reference(selective_scan_fused, inputs, 1e-10)
+
+
 def test_scan_kernels_ask_llvm_for_vectors_as_wide_as_a_block():
     """The scans' compiler marks its LLVM functions with the vector width of a block of lanes (LLVM's default on
     AVX-512 CPUs is 256 bits, half a block); the conv kernels' compiler leaves LLVM's choice."""
