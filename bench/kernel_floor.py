@@ -8,9 +8,11 @@ The floor: the numba kernels compute every decay exp(dt * A) with their own vect
 polynomial), so the bench times that exp on its own, compiled with the kernels' flags, over an L1-resident row per
 task and spread over threads by the kernels' own ``_run_tasks``: exps per second at 1 and 2 threads. A kernel's
 floor is its exp count (decays, softplus, sigmoids: log1p counted as one exp) over that rate; its ratio is its
-measured time over its floor. The kernels are timed inside the real mixer op (forward and backward of one block on
-random inputs shaped like the model's), each call wrapped by a timer: CPU time at 1 thread (``process_time``, the
-caller runs every task), wall time at 2. Rounds alternate the exp probe and the mixer, medians over --repeats.
+measured time over its floor. A second floor, for kernels that do few exps (the convs): the bytes of its array
+arguments (each read or written once) over the rate of a plain copy between arrays far larger than L2. The kernels
+are timed inside the real mixer op (forward and backward of one block on random inputs shaped like the model's),
+each call wrapped by a timer: CPU time at 1 thread (``process_time``, the caller runs every task), wall time at 2.
+Rounds alternate the exp and copy probes and the mixer, medians over --repeats.
 
 Where a scan's time goes (with 1 thread among --threads): its inner loops alone, the forward steps and one backward
 chunk on one block of channels, in ns per channel, state and step, against the whole kernel's time; and its passes
@@ -142,6 +144,36 @@ def exp_rate(threads: int, rounds: int = 400, width: int = 2048) -> float:
     elapsed = clock() - start
     assert np.isfinite(out).all()
     return tasks * width * rounds / elapsed
+
+
+@njit(nogil=True, fastmath=_FAST, error_model="numpy")
+def _copy_rows(first, last, source, target):
+    for row in range(first, last):
+        for i in range(source.shape[1]):
+            target[row, i] = source[row, i]
+
+
+def memory_rate(threads: int, megabytes: int = 64, width: int = 1 << 16) -> float:
+    """Bytes per second (read + written) of a plain copy between two arrays far larger than L2, spread over
+    ``threads`` threads by the kernels' ``_run_tasks``: what a kernel that reads its inputs and writes its outputs
+    once could reach at best."""
+    torch.set_num_threads(threads)
+    rows = megabytes * (1 << 20) // (4 * width)
+    source = np.linspace(0.0, 1.0, rows * width, dtype=np.float32).reshape(rows, width)
+    target = np.empty_like(source)
+    _run_tasks(_copy_rows, rows, (source, target))  # compiles, and maps the target's pages
+    clock = time.process_time if threads == 1 else time.perf_counter
+    start = clock()
+    _run_tasks(_copy_rows, rows, (source, target))
+    elapsed = clock() - start
+    assert np.array_equal(source, target)
+    return 2 * source.nbytes / elapsed
+
+
+def argument_bytes(args) -> int:
+    """The bytes of a kernel call's array arguments: each input read once, each output written once (an output
+    that is added to counted once too: a lower bound)."""
+    return sum(a.size * a.itemsize for a in args if isinstance(a, np.ndarray))
 
 
 # ----- where a scan kernel's time goes: its inner loops alone -----
@@ -402,22 +434,26 @@ def measure(shapes, threads: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
     clock = time.process_time if threads == 1 else time.perf_counter
     inputs = {key: mixer_inputs(SHAPES[key]) for key in shapes}
-    timers = {key: KernelTimer(clock) for key in shapes}
+    timers = {key: KernelTimer(clock, keep_arguments=True) for key in shapes}
     mixer_times = {key: [] for key in shapes}
-    rates = []
+    rates, memory_rates = [], []
     exp_rate(threads, rounds=10)  # compiles the probe
+    call_bytes = {}
     for key in shapes:  # warm-up: the kernels' first call compiles or loads them
         with timers[key]:
             mixer_round(inputs[key], timers[key])
-        timers[key].times = {}
+        call_bytes[key] = {label: sum(map(argument_bytes, calls)) for label, calls in timers[key].arguments.items()}
+        timers[key].times, timers[key].arguments, timers[key].keep_arguments = {}, {}, False
     for _ in range(repeats):
         rates.append(exp_rate(threads))
+        memory_rates.append(memory_rate(threads))
         for key in shapes:
             torch.set_num_threads(threads)
             with timers[key]:
                 mixer_times[key].append(mixer_round(inputs[key], timers[key]))
     rate = statistics.median(rates)
-    results = {"threads": threads, "exp_per_second": rate, "shapes": {}}
+    bandwidth = statistics.median(memory_rates)
+    results = {"threads": threads, "exp_per_second": rate, "bytes_per_second": bandwidth, "shapes": {}}
     for key in shapes:
         shape = SHAPES[key]
         kernels = {}
@@ -425,9 +461,12 @@ def measure(shapes, threads: int, repeats: int) -> dict:
             per_round = len(calls) // repeats  # the scans run once per direction
             seconds = statistics.median(sum(calls[i:i + per_round]) for i in range(0, len(calls), per_round))
             exps = exp_count(name, shape) * per_round
+            moved = call_bytes[key][(phase, name)]
             kernels[f"{phase}: {name}"] = {"phase": phase, "name": name, "calls_per_round": per_round,
                                            "ms": 1e3 * seconds, "exps": exps, "floor_ms": 1e3 * exps / rate,
-                                           "ratio": seconds * rate / exps}
+                                           "ratio": seconds * rate / exps, "bytes": moved,
+                                           "memory_floor_ms": 1e3 * moved / bandwidth,
+                                           "memory_ratio": seconds * bandwidth / moved}
         forward = statistics.median(t[0] for t in mixer_times[key])
         backward = statistics.median(t[1] for t in mixer_times[key])
         results["shapes"][key] = {"shape": shape.__dict__ | {"name": shape.name}, "kernels": kernels,
@@ -501,20 +540,23 @@ def report(all_results, shapes) -> str:
     for results in all_results:
         threads = results["threads"]
         lines.append(f"\n{threads} thread{'s' * (threads > 1)}: the kernels' exp runs at "
-                     f"{results['exp_per_second'] / 1e9:.2f} G/s ({'CPU' if threads == 1 else 'wall'} time)")
-        lines.append("| shape | kernel | calls | ms | exps (M) | exp floor ms | ms / floor |")
-        lines.append("|---|---|---|---|---|---|---|")
+                     f"{results['exp_per_second'] / 1e9:.2f} G/s, a copy moves {results['bytes_per_second'] / 1e9:.1f}"
+                     f" GB/s ({'CPU' if threads == 1 else 'wall'} time)")
+        lines.append("| shape | kernel | calls | ms | exps (M) | exp floor ms | ms / floor | MB moved | "
+                     "memory floor ms | ms / memory floor |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for key in shapes:
             shape_results = results["shapes"][key]
             for name, k in shape_results["kernels"].items():
                 lines.append(f"| {SHAPES[key].name} | {name} | {k['calls_per_round']} | {k['ms']:.2f} | "
-                             f"{k['exps'] / 1e6:.2f} | {k['floor_ms']:.2f} | {k['ratio']:.2f} |")
+                             f"{k['exps'] / 1e6:.2f} | {k['floor_ms']:.2f} | {k['ratio']:.2f} | "
+                             f"{k['bytes'] / 1e6:.1f} | {k['memory_floor_ms']:.2f} | {k['memory_ratio']:.2f} |")
             kernel_ms = {phase: sum(k["ms"] for k in shape_results["kernels"].values() if k["phase"] == phase)
                          for phase in ("forward", "backward")}
             for direction in ("forward", "backward"):
                 total = shape_results[f"mixer_{direction}_ms"]
                 lines.append(f"| {SHAPES[key].name} | mixer op {direction} (kernels {kernel_ms[direction]:.2f} ms, "
-                             f"{kernel_ms[direction] / total:.0%}) | 1 | {total:.2f} | | | |")
+                             f"{kernel_ms[direction] / total:.0%}) | 1 | {total:.2f} | | | | | | |")
     lines.append("\nGPU (Triton) kernels, counts per call (float32; bytes: each input read and each output written "
                  "once):")
     lines.append("| shape | kernel | exps (M) | GFLOP | MB | FLOP / byte |")

@@ -152,6 +152,9 @@ def test_kernel_floor_benchmark_times_every_kernel_against_the_exp_floor(tmp_pat
         assert kernel["ms"] > 0 and kernel["floor_ms"] > 0
         assert abs(kernel["ratio"] - kernel["ms"] / kernel["floor_ms"]) < 1e-9 * kernel["ratio"]
         assert abs(kernel["floor_ms"] - 1e3 * kernel["exps"] / results["exp_per_second"]) < 1e-9 * kernel["floor_ms"]
+        assert abs(kernel["memory_ratio"] - kernel["ms"] / kernel["memory_floor_ms"]) < 1e-9 * kernel["memory_ratio"]
+    # the bytes a call moves at least: the scan forward reads u, delta, z (batch x d_inner x L each) and writes y
+    assert kernels["forward: scan_forward"]["bytes"] > 2 * 4 * 4 * steps
     assert "ms / floor" in result.stdout and "FLOP / byte" in result.stdout
     loops = written["inner_loops_ns_per_state_step"]["main"]
     assert set(loops) == {"forward steps", "backward chunk", "backward walk back"}
