@@ -9,13 +9,16 @@ One training step = forward, cross-entropy on a 5-class head, backward, AdamW st
 the main job's model (patch 14, a 4 x 4 grid, CLS at both ends); other sizes patch 16. Models are timed in turn
 (a step of each, then the next round), so load on the machine hits them alike; at one thread the figure is CPU
 time (``time.process_time``), the steadiest on a shared machine, else (and with --busy) wall time. Medians, and
-ratios to VideoMAE. GOMP_SPINCOUNT is 10000 unless set, as in recipes/train.py (with libgomp's default spin, torch's
+ratios to VideoMAE; and how much of the fused model's step its numba kernels take (each call timed, as
+bench/kernel_floor.py does), with the ratio its step would have if they cost nothing: how far kernel work alone can
+take it. GOMP_SPINCOUNT is 10000 unless set, as in recipes/train.py (with libgomp's default spin, torch's
 idle OpenMP worker holds the second core while the numba kernels' helper thread waits for it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -26,6 +29,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # as recipes/train.py: torch's
 
 import torch  # noqa: E402
 
+from kernel_floor import KernelTimer  # noqa: E402
 from scaling import UNFUSED, build, train_patch, videomae_positions  # noqa: E402
 
 MODELS = ("stretchysnake", UNFUSED, "videomae")
@@ -77,18 +81,27 @@ def run(args):
             pixel_values = torch.randn(args.batch, frames, 3, resolution, resolution)
             labels = torch.arange(args.batch) % 5
             times = {name: [] for name in MODELS}
+            kernel_times = []  # the fused model's numba kernels, per step
             for round_index in range(args.repeats + 1):
                 for name, (model, optimizer) in steps.items():
-                    start = clock()
-                    model(pixel_values, labels=labels).loss.backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    timer = KernelTimer(clock)
+                    with timer if name == "stretchysnake" else contextlib.nullcontext():
+                        start = clock()
+                        model(pixel_values, labels=labels).loss.backward()
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        elapsed = clock() - start
                     if round_index:
-                        times[name].append(clock() - start)
+                        times[name].append(elapsed)
+                        if name == "stretchysnake":
+                            kernel_times.append(sum(map(sum, timer.times.values())))
             medians = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+            kernels = statistics.median(kernel_times) * 1e3
             ratios = ", ".join(f"{name} {medians[name] / medians['videomae']:.2f}" for name in MODELS[:2])
-            print(f"{threads:>7} {scale:>7} " + " ".join(f"{medians[m]:>22.1f}" for m in MODELS) + f"   {ratios}",
-                  flush=True)
+            without = (medians["stretchysnake"] - kernels) / medians["videomae"]
+            print(f"{threads:>7} {scale:>7} " + " ".join(f"{medians[m]:>22.1f}" for m in MODELS) + f"   {ratios}; "
+                  f"its numba kernels {kernels:.1f} ms a step ({kernels / medians['stretchysnake']:.0%}), fused "
+                  f"without them {without:.2f}", flush=True)
 
 
 if __name__ == "__main__":

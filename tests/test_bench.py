@@ -97,6 +97,10 @@ def test_training_step_benchmark_times_all_three_models(tmp_path):
     assert min(fused, unfused, videomae) > 0
     printed_ratio = float(re.search(r"stretchysnake (\d+\.\d+),", result.stdout).group(1))
     assert abs(printed_ratio - fused / videomae) < 0.01 + 0.05 * fused / videomae  # the ratio of what it measured
+    kernels, share, without = re.search(r"its numba kernels (\d+\.\d) ms a step \((\d+)%\), fused without them "
+                                        r"(\d+\.\d+)", result.stdout).groups()
+    assert 0 <= float(kernels) < fused and 0 <= int(share) < 100
+    assert abs(float(without) - (fused - float(kernels)) / videomae) < 0.01 + 0.05 * fused / videomae
 
 
 def test_gpu_script_dry_run(tmp_path):
