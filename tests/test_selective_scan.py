@@ -336,17 +336,17 @@ def test_gradient_groups_are_never_empty_and_keep_the_main_job_split():
             assert 1 <= groups <= 16 and (groups - 1) * per_group < blocks, (batch, d_inner, groups)
 
 
-@pytest.mark.parametrize("reverse_layout", [False, True])
-def test_fused_backward_sums_groups_of_blocks_over_chunks(reverse_layout):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_backward_sums_groups_of_blocks_over_chunks(channels_last):
     """The backward's tasks are groups of channel blocks whose dB and dC are summed lane by lane across the group:
     two groups of two blocks (56 channels: 16, 16, 16 and a partial 8), three checkpoint chunks, the last partial;
-    inputs as contiguous tensors and as the mixer's transposed views."""
+    inputs contiguous, and as views of (batch, L, channels) tensors."""
     from modeling_stretchysnake.selective_scan_numba import LANES, gradient_groups
 
     batch, d_inner = 16, 56
     assert -(-d_inner // LANES) == 4 and gradient_groups(batch, d_inner) == 2
     inputs = scan_inputs(batch=batch, d_inner=d_inner, length=150, n=16)
-    if reverse_layout:  # (batch, L, channels) underneath, as the mixer's u, delta and z
+    if channels_last:  # as the mixer's z, a view of the in_proj's (batch, L, 2 d_inner) output
         for name in ("u", "delta", "z"):
             inputs[name] = inputs[name].transpose(1, 2).contiguous().transpose(1, 2)
     assert_matches_reference(selective_scan_fused, inputs, 1e-10)
