@@ -43,23 +43,21 @@ from modeling_stretchysnake import bidirectional_mixer  # noqa: E402,F401  (regi
 from modeling_stretchysnake.selective_scan_fused import numba_kernels  # noqa: E402
 from modeling_stretchysnake.selective_scan_numba import (  # noqa: E402
     _FAST,
+    BACKWARD_PASSES,
+    FORWARD_PASSES,
     LANES,
     _backward_chunk,
-    _block_parameters,
     _buffers,
     _finish_block,
     _forward_steps,
-    _gather_lanes,
     _reverse_steps,
     _run_tasks,
     _scan_backward_buffers,
+    _scan_backward_passes,
     _scan_backward_tasks,
     _scan_forward_buffers,
+    _scan_forward_passes,
     _scan_forward_tasks,
-    _scatter_lanes,
-    _sigmoid,
-    _sum_lanes,
-    _time_steps,
     _WideVectorCompiler,
     exp_vectorisable,
 )
@@ -246,118 +244,16 @@ def inner_loops(shape: BlockShape, repeats: int) -> dict:
     return {name: 1e9 * statistics.median(t) / per_step for name, t in timings.items()}
 
 
-# ----- where a scan kernel's time goes: its passes, each alone, on the arguments the mixer passed -----
-
-FORWARD_PASSES = ("gather u, delta", "block parameters, softplus", "steps (and checkpoints)", "gate (gather z, silu)",
-                  "scatter y")
-BACKWARD_PASSES = ("zero and sum the dB, dC lanes (per task)", "gather u, delta, grad_y, z",
-                   "block parameters, softplus and slope, zeroing", "chunks (recompute, gate, walk back)",
-                   "finish block (grad_u, grad_delta, D and bias sums)", "scatter grad_u, grad_delta, grad_z, y")
-
+# ----- where a scan kernel's time goes, pass by pass: its own task loop, with the first passes only -----
 
 @njit(fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
 def _forward_passes(parts, tasks, args, buffers):
-    """The forward scan kernel's task loop, running only the passes whose bit (1 << index in FORWARD_PASSES) is
-    set in ``parts``: each pass's own time, on the kernel's arguments and buffers."""
-    u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias, reverse, accumulate, out, checkpoints = args
-    xs, time_steps, ys, decay_rates, state, skips, biases, inputs = buffers
-    d_inner, length = u.shape[1], u.shape[2]
-    blocks = -(-d_inner // LANES)
-    checkpoint_every = -(-length // checkpoints.shape[2])
-    zero = u.dtype.type(0.0)
-    one = u.dtype.type(1.0)
-    for task in range(tasks):
-        b = task // blocks
-        d0 = task % blocks * LANES
-        lanes = min(LANES, d_inner - d0)
-        if parts & 1:
-            _gather_lanes(u, b, d0, lanes, zero, xs)
-            _gather_lanes(delta, b, d0, lanes, zero, time_steps)
-        if parts & 2:
-            _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
-            _time_steps(time_steps, biases, softplus, zero, xs[:0])
-        if parts & 4:
-            state[:, :] = zero
-            for chunk in range(checkpoints.shape[2]):
-                for c in range(lanes):
-                    for n in range(16):
-                        checkpoints[b, d0 + c, chunk, n] = state[n, c]
-                start = chunk * checkpoint_every
-                _forward_steps(B, C, b, start, min(start + checkpoint_every, length), length, reverse, xs,
-                               time_steps, skips, decay_rates, state, inputs, ys, 16)
-        if parts & 8 and has_z:
-            _gather_lanes(z, b, d0, lanes, zero, xs)  # xs: any (L, LANES) buffer
-            gates = xs.reshape(length * LANES)
-            flat_ys = ys.reshape(length * LANES)
-            for i in range(length * LANES):
-                flat_ys[i] *= gates[i] * _sigmoid(gates[i], one)
-        if parts & 16:
-            _scatter_lanes(ys, out, b, d0, lanes, accumulate)
+    _scan_forward_passes(parts, 0, tasks, args, buffers)
 
 
 @njit(fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
 def _backward_passes(parts, tasks, args, buffers):
-    """The backward scan kernel's task loop, running only the passes whose bit (1 << index in BACKWARD_PASSES) is
-    set in ``parts``."""
-    (grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z, has_bias, reverse, has_y,
-     grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts,
-     y_out) = args
-    (xs, time_steps, slopes, gates, grad_ys, lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes,
-     grad_C_lanes, states, decays, decay_rates, grad_state, grad_A, skips, biases, sums_D, sums_bias, inputs) = buffers
-    d_inner, length = u.shape[1], u.shape[2]
-    checkpoint_every = -(-length // checkpoints.shape[2])
-    groups = grad_B_parts.shape[1]
-    blocks = -(-d_inner // LANES)
-    blocks_per_group = -(-blocks // groups)
-    zero = u.dtype.type(0.0)
-    sequences = (xs, time_steps, slopes, gates, grad_ys)
-    parameters = (skips, decay_rates, states, decays, grad_state, grad_A, inputs)
-    outputs = (lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes, grad_C_lanes)
-    for task in range(tasks):
-        b = task // groups
-        g = task % groups
-        if parts & 1:
-            grad_B_lanes[:, :, :] = zero
-            grad_C_lanes[:, :, :] = zero
-        for block in range(g * blocks_per_group, min((g + 1) * blocks_per_group, blocks)):
-            d0 = block * LANES
-            lanes = min(LANES, d_inner - d0)
-            if parts & 2:
-                _gather_lanes(u, b, d0, lanes, zero, xs)
-                _gather_lanes(delta, b, d0, lanes, zero, time_steps)
-                _gather_lanes(grad_out, b, d0, lanes, zero, grad_ys)
-                if has_z:
-                    _gather_lanes(z, b, d0, lanes, zero, gates)
-            if parts & 4:
-                _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
-                _time_steps(time_steps, biases, softplus, zero, slopes)
-                grad_state[:, :] = zero
-                grad_A[:, :] = zero
-                sums_D[:] = zero
-                sums_bias[:] = zero
-                lane_grad_u[:, :] = zero
-                lane_grad_delta[:, :] = zero
-            if parts & 8:
-                for chunk in range(checkpoints.shape[2] - 1, -1, -1):
-                    start = chunk * checkpoint_every
-                    states[0, :, :] = zero
-                    for c in range(lanes):
-                        for n in range(16):
-                            states[0, n, c] = checkpoints[b, d0 + c, chunk, n]
-                    _backward_chunk(B, C, b, start, min(checkpoint_every, length - start), reverse, has_z, has_y,
-                                    sequences, parameters, outputs, 16)
-            if parts & 16:
-                _finish_block(length, reverse, xs, time_steps, slopes, grad_ys, skips, sums_D, sums_bias,
-                              lane_grad_u, lane_grad_delta)
-            if parts & 32:
-                _scatter_lanes(lane_grad_u, grad_u, b, d0, lanes, False)
-                _scatter_lanes(lane_grad_delta, grad_delta, b, d0, lanes, False)
-                if has_z:
-                    _scatter_lanes(lane_grad_z, grad_z, b, d0, lanes, True)
-                if has_y:
-                    _scatter_lanes(lane_y, y_out, b, d0, lanes, True)
-        if parts & 1:
-            _sum_lanes(grad_B_lanes, grad_C_lanes, b, g, grad_B_parts, grad_C_parts)
+    _scan_backward_passes(parts, 0, tasks, args, buffers)
 
 
 # ----- the kernels, timed inside the mixer -----

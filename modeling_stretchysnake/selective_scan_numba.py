@@ -78,6 +78,15 @@ def gradient_groups(batch: int, d_inner: int) -> int:
     return -(-blocks // per_group)
 
 
+# the passes of a scan kernel's task, in order (bench/kernel_floor.py times them one by one); ALL_PASSES runs them all
+FORWARD_PASSES = ("gather u, delta", "block parameters, softplus", "steps (and checkpoints)", "gate (gather z, silu)",
+                  "scatter y")
+BACKWARD_PASSES = ("zero and sum the dB, dC lanes (per task)", "gather u, delta, grad_y, z",
+                   "block parameters, softplus and slope, zeroing", "chunks (recompute, gate, walk back)",
+                   "finish block (grad_u, grad_delta; A, D and bias gradients)",
+                   "scatter grad_u, grad_delta, grad_z, y")
+ALL_PASSES = -1  # every bit set
+
 VECTOR_BITS = LANES * 32  # a block's LANES float32 lanes are one vector register of this width (AVX-512: one zmm)
 
 
@@ -361,6 +370,54 @@ def _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips,
                 ys[t, c] += h * c_n
 
 
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
+def _scan_forward_passes(parts, first_task, last_task, arguments, buffers):
+    """The forward scan's tasks first_task..last_task - 1 (``_scan_forward_tasks``' arguments and buffers in two
+    tuples), running the passes whose bit (1 << their index in FORWARD_PASSES) is set in ``parts``: all of them in
+    the kernel (ALL_PASSES, a constant, so the branches fold away), the first few in bench/kernel_floor.py's profile."""
+    u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias, reverse, accumulate, out, checkpoints = (
+        arguments)
+    xs, time_steps, ys, decay_rates, state, skips, biases, inputs = buffers
+    d_inner, length = u.shape[1], u.shape[2]
+    n_state = A.shape[1]
+    blocks = -(-d_inner // LANES)
+    checkpoint_every = -(-length // checkpoints.shape[2])
+    zero = u.dtype.type(0.0)
+    one = u.dtype.type(1.0)
+    for task in range(first_task, last_task):  # of batch * blocks
+        b = task // blocks
+        d0 = task % blocks * LANES
+        lanes = min(LANES, d_inner - d0)
+        if parts & 1:
+            _gather_lanes(u, b, d0, lanes, zero, xs)
+            _gather_lanes(delta, b, d0, lanes, zero, time_steps)
+        if parts & 2:
+            _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
+            _time_steps(time_steps, biases, softplus, zero, xs[:0])
+        if parts & 4:
+            state[:, :] = zero
+            for chunk in range(checkpoints.shape[2]):
+                for c in range(lanes):
+                    for n in range(n_state):
+                        checkpoints[b, d0 + c, chunk, n] = state[n, c]
+                start = chunk * checkpoint_every
+                stop = min(start + checkpoint_every, length)
+                if n_state == 16:  # the usual state size as a constant: LLVM unrolls the loop over N
+                    _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips, decay_rates, state,
+                                   inputs, ys, 16)
+                else:
+                    _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips, decay_rates, state,
+                                   inputs, ys, n_state)
+        if parts & 8 and has_z:
+            _gather_lanes(z, b, d0, lanes, zero, time_steps)  # reused for the gates
+            gates = time_steps.reshape(length * LANES)  # flat: one long vector loop
+            flat_ys = ys.reshape(length * LANES)
+            for i in range(length * LANES):
+                flat_ys[i] *= gates[i] * _sigmoid(gates[i], one)
+        if parts & 16:
+            _scatter_lanes(ys, out, b, d0, lanes, accumulate)
+
+
 @njit(_signatures("forward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
       pipeline_class=_WideVectorCompiler)
 def _scan_forward_tasks(first_task, last_task, u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias,
@@ -373,40 +430,9 @@ def _scan_forward_tasks(first_task, last_task, u, delta, A, B, C, D, z, delta_bi
     backward branch of a bidirectional mixer does without flipping its inputs; chunks count in scan order.
     One task is a block of LANES channels of one batch item, computed side by side as the lanes of vectors.
     Buffers: xs, time_steps, ys (L, LANES); decay_rates, state (N, LANES); skips, biases, inputs (LANES,)."""
-    d_inner, length = u.shape[1], u.shape[2]
-    n_state = A.shape[1]
-    blocks = -(-d_inner // LANES)
-    checkpoint_every = -(-length // checkpoints.shape[2])
-    zero = u.dtype.type(0.0)
-    one = u.dtype.type(1.0)
-    for task in range(first_task, last_task):  # of batch * blocks
-        b = task // blocks
-        d0 = task % blocks * LANES
-        lanes = min(LANES, d_inner - d0)
-        _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
-        _gather_lanes(u, b, d0, lanes, zero, xs)
-        _gather_lanes(delta, b, d0, lanes, zero, time_steps)
-        _time_steps(time_steps, biases, softplus, zero, xs[:0])
-        state[:, :] = zero
-        for chunk in range(checkpoints.shape[2]):
-            for c in range(lanes):
-                for n in range(n_state):
-                    checkpoints[b, d0 + c, chunk, n] = state[n, c]
-            start = chunk * checkpoint_every
-            stop = min(start + checkpoint_every, length)
-            if n_state == 16:  # the usual state size as a constant: LLVM unrolls the loop over N
-                _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips, decay_rates, state,
-                               inputs, ys, 16)
-            else:
-                _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips, decay_rates, state,
-                               inputs, ys, n_state)
-        if has_z:
-            _gather_lanes(z, b, d0, lanes, zero, time_steps)  # reused for the gates
-            gates = time_steps.reshape(length * LANES)  # flat: one long vector loop
-            flat_ys = ys.reshape(length * LANES)
-            for i in range(length * LANES):
-                flat_ys[i] *= gates[i] * _sigmoid(gates[i], one)
-        _scatter_lanes(ys, out, b, d0, lanes, accumulate)
+    _scan_forward_passes(ALL_PASSES, first_task, last_task,
+                         (u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias, reverse, accumulate,
+                          out, checkpoints), (xs, time_steps, ys, decay_rates, state, skips, biases, inputs))
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
@@ -524,6 +550,83 @@ def _sum_lanes(grad_B_lanes, grad_C_lanes, b, g, grad_B_parts, grad_C_parts):
             grad_C_parts[b, g, t, n] = total_C
 
 
+@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
+def _scan_backward_passes(parts, first_task, last_task, arguments, buffers):
+    """The backward scan's tasks first_task..last_task - 1 (``_scan_backward_tasks``' arguments and buffers in two
+    tuples), running the passes whose bit (1 << their index in BACKWARD_PASSES) is set in ``parts``, as
+    ``_scan_forward_passes``."""
+    (grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z, has_bias, reverse, has_y,
+     grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts,
+     y_out) = arguments
+    (xs, time_steps, slopes, gates, grad_ys, lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes,
+     grad_C_lanes, states, decays, decay_rates, grad_state, grad_A, skips, biases, sums_D, sums_bias, inputs) = buffers
+    d_inner, length = u.shape[1], u.shape[2]
+    n_state = A.shape[1]
+    checkpoint_every = -(-length // checkpoints.shape[2])
+    groups = grad_B_parts.shape[1]
+    blocks = -(-d_inner // LANES)
+    blocks_per_group = -(-blocks // groups)
+    zero = u.dtype.type(0.0)
+    sequences = (xs, time_steps, slopes, gates, grad_ys)
+    parameters = (skips, decay_rates, states, decays, grad_state, grad_A, inputs)
+    outputs = (lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes, grad_C_lanes)
+    for task in range(first_task, last_task):  # of batch * groups
+        b = task // groups
+        g = task % groups
+        if parts & 1:
+            grad_B_lanes[:, :, :] = zero
+            grad_C_lanes[:, :, :] = zero
+        for block in range(g * blocks_per_group, min((g + 1) * blocks_per_group, blocks)):
+            d0 = block * LANES
+            lanes = min(LANES, d_inner - d0)
+            if parts & 2:
+                _gather_lanes(u, b, d0, lanes, zero, xs)
+                _gather_lanes(delta, b, d0, lanes, zero, time_steps)
+                _gather_lanes(grad_out, b, d0, lanes, zero, grad_ys)  # zero past the end: those lanes add nothing
+                if has_z:
+                    _gather_lanes(z, b, d0, lanes, zero, gates)
+            if parts & 4:
+                _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
+                _time_steps(time_steps, biases, softplus, zero, slopes)
+                grad_state[:, :] = zero
+                grad_A[:, :] = zero
+                sums_D[:] = zero
+                sums_bias[:] = zero
+                lane_grad_u[:, :] = zero  # grad_x, then grad_u
+                lane_grad_delta[:, :] = zero  # grad_dt, then grad_delta
+            if parts & 8:
+                for chunk in range(checkpoints.shape[2] - 1, -1, -1):
+                    start = chunk * checkpoint_every
+                    steps = min(checkpoint_every, length - start)
+                    states[0, :, :] = zero
+                    for c in range(lanes):
+                        for n in range(n_state):
+                            states[0, n, c] = checkpoints[b, d0 + c, chunk, n]
+                    if n_state == 16:  # as in forward: the usual state size as a constant
+                        _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs,
+                                        16)
+                    else:
+                        _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs,
+                                        n_state)
+            if parts & 16:
+                _finish_block(length, reverse, xs, time_steps, slopes, grad_ys, skips, sums_D, sums_bias, lane_grad_u,
+                              lane_grad_delta)
+                for c in range(lanes):
+                    for n in range(n_state):
+                        grad_A_parts[b, d0 + c, n] = grad_A[n, c]
+                    grad_D_parts[b, d0 + c] = sums_D[c]
+                    grad_bias_parts[b, d0 + c] = sums_bias[c]
+            if parts & 32:
+                _scatter_lanes(lane_grad_u, grad_u, b, d0, lanes, False)
+                _scatter_lanes(lane_grad_delta, grad_delta, b, d0, lanes, False)
+                if has_z:
+                    _scatter_lanes(lane_grad_z, grad_z, b, d0, lanes, True)
+                if has_y:
+                    _scatter_lanes(lane_y, y_out, b, d0, lanes, True)
+        if parts & 1:
+            _sum_lanes(grad_B_lanes, grad_C_lanes, b, g, grad_B_parts, grad_C_parts)
+
+
 @njit(_signatures("backward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
       pipeline_class=_WideVectorCompiler)
 def _scan_backward_tasks(
@@ -544,63 +647,12 @@ def _scan_backward_tasks(
     batch item; its dB and dC are summed over its channels lane by lane, then over the lanes in order. Buffers:
     (L, LANES) sequences; grad_B_lanes, grad_C_lanes (L, N, LANES); states (chunk + 1, N, LANES) (states[i + 1]: h
     after step i), decays (chunk, N, LANES); (N, LANES) and (LANES,) vectors."""
-    d_inner, length = u.shape[1], u.shape[2]
-    n_state = A.shape[1]
-    checkpoint_every = -(-length // checkpoints.shape[2])
-    groups = grad_B_parts.shape[1]
-    blocks = -(-d_inner // LANES)
-    blocks_per_group = -(-blocks // groups)
-    zero = u.dtype.type(0.0)
-    sequences = (xs, time_steps, slopes, gates, grad_ys)
-    parameters = (skips, decay_rates, states, decays, grad_state, grad_A, inputs)
-    outputs = (lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes, grad_C_lanes)
-    for task in range(first_task, last_task):  # of batch * groups
-        b = task // groups
-        g = task % groups
-        grad_B_lanes[:, :, :] = zero
-        grad_C_lanes[:, :, :] = zero
-        for block in range(g * blocks_per_group, min((g + 1) * blocks_per_group, blocks)):
-            d0 = block * LANES
-            lanes = min(LANES, d_inner - d0)
-            _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
-            _gather_lanes(u, b, d0, lanes, zero, xs)
-            _gather_lanes(delta, b, d0, lanes, zero, time_steps)
-            _gather_lanes(grad_out, b, d0, lanes, zero, grad_ys)  # zero past the end: those lanes add nothing
-            if has_z:
-                _gather_lanes(z, b, d0, lanes, zero, gates)
-            _time_steps(time_steps, biases, softplus, zero, slopes)
-            grad_state[:, :] = zero
-            grad_A[:, :] = zero
-            sums_D[:] = zero
-            sums_bias[:] = zero
-            lane_grad_u[:, :] = zero  # grad_x, then grad_u
-            lane_grad_delta[:, :] = zero  # grad_dt, then grad_delta
-            for chunk in range(checkpoints.shape[2] - 1, -1, -1):
-                start = chunk * checkpoint_every
-                steps = min(checkpoint_every, length - start)
-                states[0, :, :] = zero
-                for c in range(lanes):
-                    for n in range(n_state):
-                        states[0, n, c] = checkpoints[b, d0 + c, chunk, n]
-                if n_state == 16:  # as in forward: the usual state size as a constant
-                    _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs, 16)
-                else:
-                    _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs,
-                                    n_state)
-            _finish_block(length, reverse, xs, time_steps, slopes, grad_ys, skips, sums_D, sums_bias, lane_grad_u,
-                          lane_grad_delta)
-            for c in range(lanes):
-                for n in range(n_state):
-                    grad_A_parts[b, d0 + c, n] = grad_A[n, c]
-                grad_D_parts[b, d0 + c] = sums_D[c]
-                grad_bias_parts[b, d0 + c] = sums_bias[c]
-            _scatter_lanes(lane_grad_u, grad_u, b, d0, lanes, False)
-            _scatter_lanes(lane_grad_delta, grad_delta, b, d0, lanes, False)
-            if has_z:
-                _scatter_lanes(lane_grad_z, grad_z, b, d0, lanes, True)
-            if has_y:
-                _scatter_lanes(lane_y, y_out, b, d0, lanes, True)
-        _sum_lanes(grad_B_lanes, grad_C_lanes, b, g, grad_B_parts, grad_C_parts)
+    _scan_backward_passes(
+        ALL_PASSES, first_task, last_task,
+        (grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z, has_bias, reverse, has_y,
+         grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts, y_out),
+        (xs, time_steps, slopes, gates, grad_ys, lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes,
+         grad_C_lanes, states, decays, decay_rates, grad_state, grad_A, skips, biases, sums_D, sums_bias, inputs))
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
