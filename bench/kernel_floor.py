@@ -16,8 +16,8 @@ Rounds alternate the exp and copy probes and the mixer, medians over --repeats.
 
 Where a scan's time goes (with 1 thread among --threads): its inner loops alone, the forward steps and one backward
 chunk on one block of channels, in ns per channel, state and step, against the whole kernel's time; and its passes
-(gathers, softplus, the steps or chunks, the gate, scatters, the dB/dC lanes): the kernel's task loop re-run by a
-probe with its first pass, its first two, and so on, on the arguments and buffers of a real mixer round.
+(gathers, softplus, the steps or chunks, the gate, scatters, the dB/dC lanes): the kernel itself run with its first
+pass, its first two, and so on (its ``parts`` argument), on the arguments and buffers of a real mixer round.
 
 The GPU path (Triton) is listed by its counts, per call, for the GPU check (bench/gpu.py): exps, FLOPs and the bytes
 each kernel must move at least, and their ratio (FLOPs per byte).
@@ -43,22 +43,21 @@ from modeling_stretchysnake import bidirectional_mixer  # noqa: E402,F401  (regi
 from modeling_stretchysnake.selective_scan_fused import numba_kernels  # noqa: E402
 from modeling_stretchysnake.selective_scan_numba import (  # noqa: E402
     _FAST,
+    ALL_PASSES,
     BACKWARD_PASSES,
     FORWARD_PASSES,
     LANES,
-    _backward_chunk,
     _buffers,
     _finish_block,
     _forward_steps,
+    _gate_rows,
+    _recompute_chunk,
     _reverse_steps,
     _run_tasks,
     _scan_backward_buffers,
-    _scan_backward_passes,
-    _scan_backward_tasks,
     _scan_forward_buffers,
-    _scan_forward_passes,
-    _scan_forward_tasks,
     _WideVectorCompiler,
+    compiled,
     exp_vectorisable,
 )
 
@@ -185,10 +184,12 @@ def _forward_loop(B, C, xs, time_steps, skips, decay_rates, state, inputs, ys):
 @njit(fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
 def _backward_loop(B, C, steps, xs, time_steps, slopes, gates, grad_ys, skips, decay_rates, states, decays, grad_state,
                    grad_A, sums_D, sums_bias, inputs, grad_u, grad_delta, grad_z, y_gated, grad_B_lanes, grad_C_lanes):
-    sequences = (xs, time_steps, slopes, gates, grad_ys)
-    parameters = (skips, decay_rates, states, decays, grad_state, grad_A, inputs)
-    outputs = (grad_u, grad_delta, grad_z, y_gated, grad_B_lanes, grad_C_lanes)
-    _backward_chunk(B, C, 0, 0, steps, False, True, True, sequences, parameters, outputs, 16)
+    # one checkpoint chunk as the backward kernel runs it: recompute, gate, walk back; then the per-step sums
+    _recompute_chunk(B, C, 0, 0, steps, steps, False, xs, time_steps, skips, decay_rates, states, decays, inputs,
+                     y_gated, 16)
+    _gate_rows(0, steps, gates, grad_ys, y_gated, grad_z)
+    _reverse_steps(B, C, 0, 0, steps, steps, False, xs, time_steps, grad_ys, decay_rates, states, decays, grad_state,
+                   grad_A, grad_u, grad_delta, grad_B_lanes, grad_C_lanes, 16)
     _finish_block(steps, False, xs, time_steps, slopes, grad_ys, skips, sums_D, sums_bias, grad_u, grad_delta)
 
 
@@ -242,18 +243,6 @@ def inner_loops(shape: BlockShape, repeats: int) -> dict:
                 args[i][...] = original
     per_step = steps * shape.state * LANES
     return {name: 1e9 * statistics.median(t) / per_step for name, t in timings.items()}
-
-
-# ----- where a scan kernel's time goes, pass by pass: its own task loop, with the first passes only -----
-
-@njit(fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
-def _forward_passes(parts, tasks, args, buffers):
-    _scan_forward_passes(parts, 0, tasks, args, buffers)
-
-
-@njit(fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
-def _backward_passes(parts, tasks, args, buffers):
-    _scan_backward_passes(parts, 0, tasks, args, buffers)
 
 
 # ----- the kernels, timed inside the mixer -----
@@ -372,36 +361,32 @@ def measure(shapes, threads: int, repeats: int) -> dict:
 
 def scan_passes(shape: BlockShape, repeats: int) -> dict:
     """ms per mixer call (both directions) of each scan kernel and of each of its passes, on the arguments and
-    buffers of one real mixer round (1 thread, CPU time, round-robin): the probe runs the kernel's first pass, then
-    its first two, and so on to all of them (a pass alone would run on what it left itself: the gate scales grad_y in
+    buffers of one real mixer round (1 thread, CPU time, round-robin): the kernel runs its first pass, then its
+    first two, and so on to all of them (a pass alone would run on what it left itself: the gate scales grad_y in
     place), and a pass's time is what it adds to the ones before it."""
     torch.set_num_threads(1)
     timer = KernelTimer(time.process_time, keep_arguments=True)
     with timer:
         mixer_round(mixer_inputs(shape), timer)
-    scans = {"scan_forward": (_scan_forward_tasks, _scan_forward_buffers, _forward_passes, FORWARD_PASSES,
-                              lambda args: args[0].shape[0] * -(-args[0].shape[1] // LANES)),
-             "scan_backward": (_scan_backward_tasks, _scan_backward_buffers, _backward_passes, BACKWARD_PASSES,
-                               lambda args: args[22].shape[0] * args[22].shape[1])}
+    scans = {"scan_forward": (compiled("scan_forward", np.float32, shape.state), _scan_forward_buffers,
+                              FORWARD_PASSES, lambda args: args[0].shape[0] * -(-args[0].shape[1] // LANES)),
+             "scan_backward": (compiled("scan_backward", np.float32, shape.state), _scan_backward_buffers,
+                               BACKWARD_PASSES, lambda args: args[22].shape[0] * args[22].shape[1])}
     runs = {}  # label: (kernel name, callable running every call of a round)
     for (phase, name), calls in timer.arguments.items():
         if name not in scans:
             continue
-        kernel, buffer_spec, probe, passes, task_count = scans[name]
+        kernel, buffer_spec, passes, task_count = scans[name]
         calls = [(args, _buffers(kernel, buffer_spec(*args)), task_count(args)) for args in calls]
 
-        def run_kernel(calls=calls, kernel=kernel):
+        def run_passes(parts, calls=calls, kernel=kernel):
             for args, buffers, tasks in calls:
-                kernel(0, tasks, *args, *buffers)
+                kernel(0, tasks, parts, *args, *buffers)
 
-        def run_passes(parts, calls=calls, probe=probe):
-            for args, buffers, tasks in calls:
-                probe(parts, tasks, args, buffers)
-
-        runs[(name, "the kernel")] = run_kernel
+        runs[(name, "the kernel")] = lambda run=run_passes: run(ALL_PASSES)
         for count in range(1, len(passes) + 1):  # the first pass, the first two, ..., all
             runs[(name, count)] = lambda run=run_passes, parts=(1 << count) - 1: run(parts)
-    for run in runs.values():  # compiles the probes, warms the buffers
+    for run in runs.values():  # warms the buffers
         run()
     timings = {label: [] for label in runs}
     for _ in range(repeats):
@@ -413,7 +398,7 @@ def scan_passes(shape: BlockShape, repeats: int) -> dict:
     results = {}
     for name, (*_, passes, _) in scans.items():
         rows = results[name] = {"the kernel": ms[(name, "the kernel")],
-                                "all passes (the probe)": ms[(name, len(passes))]}
+                                "all passes (the parts mask)": ms[(name, len(passes))]}
         for count, label in enumerate(passes, 1):
             rows[label] = ms[(name, count)] - (ms[(name, count - 1)] if count > 1 else 0.0)
     return results

@@ -38,6 +38,7 @@ from .selective_scan_fused import (
     CHECKPOINT_EVERY,
     compute_dtype,
     numba_kernels,
+    prepare_numba_kernels,
     triton_kernels,
 )
 
@@ -314,6 +315,7 @@ def bidirectional_mixer_fused(xz, conv_weight, conv_bias, x_proj_weight, dt_proj
         xz = xz.to(dtype)
     args = [None if t is None else t.to(dtype).contiguous() for t in
             (conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, out_proj_weight)]
+    prepare_numba_kernels(xz, A.shape[-1], (xz, *args))
     out, _ = torch.ops.stretchysnake.bidirectional_mixer_fwd(xz, *args)
     return out
 

@@ -27,18 +27,14 @@ CHECKPOINT_EVERY = 128  # at most this many steps between the states forward sav
 # form names into a saved model folder, so trust_remote_code users get the kernels too.
 @functools.cache
 def numba_kernels():
-    """The numba kernels, compiled (or loaded from numba's cache) by the first call; raises ImportError without
-    numba."""
-    from .selective_scan_numba import (
-        conv_silu_backward,
-        conv_silu_forward,
-        gradient_groups,
-        scan_backward,
-        scan_forward,
-    )
+    """The numba kernels (each compiled, or loaded from numba's cache, when a call first needs it); raises
+    ImportError without numba."""
+    from .selective_scan_numba import shared_copy
 
-    return SimpleNamespace(scan_forward=scan_forward, scan_backward=scan_backward, conv_silu_forward=conv_silu_forward,
-                           conv_silu_backward=conv_silu_backward, gradient_groups=gradient_groups)
+    kernels = shared_copy()  # one copy per process of the same source (a saved model's code may be another)
+    return SimpleNamespace(scan_forward=kernels.scan_forward, scan_backward=kernels.scan_backward,
+                           conv_silu_forward=kernels.conv_silu_forward, conv_silu_backward=kernels.conv_silu_backward,
+                           gradient_groups=kernels.gradient_groups, prepare=kernels.prepare)
 
 
 @functools.cache
@@ -63,6 +59,18 @@ def triton_available() -> bool:
         return True
     except ImportError:
         return False
+
+
+def prepare_numba_kernels(x: torch.Tensor, n_state: int, tensors) -> None:
+    """Before a fused op's first CPU call: the numba kernels it needs in `x`'s compute dtype for state size
+    `n_state`, those of its backward too when autograd will call it (any of `tensors` requires grad), loaded or
+    compiled together, so a first training step says once that it compiles and for how long."""
+    if not custom_ops.uses_numba(x) or torch.compiler.is_compiling():  # compiled graphs: the op's first call loads
+        return
+    kinds = ["conv_silu_forward", "scan_forward"]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        kinds += ["conv_silu_backward", "scan_backward"]
+    numba_kernels().prepare(kinds, "float64" if compute_dtype(x) == torch.float64 else "float32", n_state)
 
 
 def _checkpoint_count(length):
@@ -218,8 +226,10 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     out_dtype = u.dtype
     dtype = compute_dtype(u)
     cast = [None if x is None else x.to(dtype) for x in (u, delta, A, B, C, D, z, delta_bias)]
+    prepare_numba_kernels(u, A.shape[-1], (u, delta, A, B, C, D, z, delta_bias))
     out, _ = torch.ops.stretchysnake.selective_scan_fwd(*cast, delta_softplus)
     return out.to(out_dtype)
 
 
-__all__ = ["compute_dtype", "selective_scan_fused", "numba_available", "triton_available", "CHECKPOINT_EVERY"]
+__all__ = ["compute_dtype", "selective_scan_fused", "numba_available", "triton_available", "CHECKPOINT_EVERY",
+           "prepare_numba_kernels"]

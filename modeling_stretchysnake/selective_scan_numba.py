@@ -44,6 +44,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -57,9 +58,25 @@ try:  # transformers' remote-code import check skips try blocks: numba stays opt
     from numba.core import compiler, lowering, typed_passes, types
     from numba.core.compiler_machinery import register_pass
     from numba.extending import intrinsic, overload
+
+    from .numba_cache import compile_kernels, register_under, shared_module_name, use_shared_cache
 except ImportError as error:
     raise ImportError("the fused CPU selective scan needs numba (pip install numba)") from error
 
+# Every copy of this file (the package's, each saved model folder's) defines its kernels under one module name taken
+# from the file's content, with one cache folder per content: what one copy compiled, every copy loads (numba_cache).
+_IMPORT_NAME = __name__
+SHARED_NAME = shared_module_name(__file__)
+if register_under(SHARED_NAME, _IMPORT_NAME):
+    __name__ = SHARED_NAME  # noqa: A001  (the functions below take their module name from it)
+    CACHE_FOLDER = use_shared_cache(SHARED_NAME)
+else:
+    CACHE_FOLDER = None
+
+
+def shared_copy():
+    """The copy of this module whose kernels this process runs: the first imported with this file's content."""
+    return sys.modules.get(SHARED_NAME) or sys.modules[_IMPORT_NAME]
 
 
 LANES = 16  # channels computed side by side, as the lanes of one vector (a task is a block of them)
@@ -105,8 +122,8 @@ class _WideVectorLower(lowering.Lower):
 @register_pass(mutates_CFG=True, analysis_only=False)
 class _WideVectorLowering(typed_passes.NativeLowering):
     # numba's pass registry wants unique names: a second copy of this module (a saved model's code, loaded with
-    # trust_remote_code next to the installed package) registers its own pass under its own module name
-    _name = f"wide_vector_lowering ({__name__})"
+    # trust_remote_code next to the installed package) registers its own pass under the name it was imported as
+    _name = f"wide_vector_lowering ({_IMPORT_NAME})"
 
     @property
     def lowering_class(self):
@@ -245,27 +262,24 @@ def _softplus(x, zero):
     return max(x, zero) + log1p_vectorisable(exp_vectorisable(-abs(x)))
 
 
-def _signatures(kind):
-    """Explicit signatures, float32 and float64: one compiled kernel per dtype whatever the inputs' strides. The
-    per-channel sequences (u, delta, z, grad_out) may be any strided view ("A" layout: the mixer hands over
+def _signature(kind: str, dtype: np.dtype):
+    """The one signature a kernel is compiled with for a dtype (float32 or float64), whatever the inputs' strides.
+    The per-channel sequences (u, delta, z, grad_out) may be any strided view ("A" layout: the mixer hands over
     transposes and chunks, which would otherwise be copied on every call); the arrays the loops vectorise over
     (A, B, C, the state) are C-contiguous. Each kernel ends with its working buffers (``_buffers``)."""
-    signatures = []
-    for t in (types.float32, types.float64):
-        seq, c1, c2, c3, c4, flag = t[:, :, :], t[::1], t[:, ::1], t[:, :, ::1], t[:, :, :, ::1], types.boolean
-        tasks = (types.int64, types.int64)  # the range of tasks this call computes
-        if kind == "forward":
-            signatures.append(types.void(*tasks, seq, seq, c2, c3, c3, c1, seq, c1, flag, flag, flag, flag, flag,
-                                         flag, seq, c4, *(c2,) * 5, *(c1,) * 3))
-        elif kind == "backward":
-            signatures.append(types.void(*tasks, seq, seq, seq, c2, c3, c3, c1, seq, c1, c4, flag, flag, flag, flag,
-                                         flag, flag, seq, seq, seq, c3, c2, c2, c4, c4, seq,
-                                         *(c2,) * 9, *(c3,) * 4, *(c2,) * 3, *(c1,) * 5))
-        elif kind == "conv":  # depthwise conv + SiLU, both directions
-            signatures.append(types.void(*tasks, seq, c2, c1, c2, c1, c3, c3, c3, c3, c1))
-        else:  # its gradient
-            signatures.append(types.void(*tasks, seq, c2, c2, c3, c3, seq, seq, seq, c3, c2, c3, c2, *(c1,) * 4))
-    return signatures
+    t = numba.from_dtype(np.dtype(dtype))
+    seq, c1, c2, c3, c4, flag = t[:, :, :], t[::1], t[:, ::1], t[:, :, ::1], t[:, :, :, ::1], types.boolean
+    tasks = (types.int64, types.int64)  # the range of tasks this call computes
+    if kind == "scan_forward":  # then the passes to run (ALL_PASSES but in bench/kernel_floor.py's profile)
+        return types.void(*tasks, types.int64, seq, seq, c2, c3, c3, c1, seq, c1, flag, flag, flag, flag, flag, flag,
+                          seq, c4, *(c2,) * 5, *(c1,) * 3)
+    if kind == "scan_backward":
+        return types.void(*tasks, types.int64, seq, seq, seq, c2, c3, c3, c1, seq, c1, c4, flag, flag, flag, flag,
+                          flag, flag, seq, seq, seq, c3, c2, c2, c4, c4, seq,
+                          *(c2,) * 9, *(c3,) * 4, *(c2,) * 3, *(c1,) * 5)
+    if kind == "conv_silu_forward":  # depthwise conv + SiLU, both directions
+        return types.void(*tasks, seq, c2, c1, c2, c1, c3, c3, c3, c3, c1)
+    return types.void(*tasks, seq, c2, c2, c3, c3, seq, seq, seq, c3, c2, c3, c2, *(c1,) * 4)  # its gradient
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
@@ -371,83 +385,17 @@ def _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips,
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
-def _scan_forward_passes(parts, first_task, last_task, arguments, buffers):
-    """The forward scan's tasks first_task..last_task - 1 (``_scan_forward_tasks``' arguments and buffers in two
-    tuples), running the passes whose bit (1 << their index in FORWARD_PASSES) is set in ``parts``: all of them in
-    the kernel (ALL_PASSES, a constant, so the branches fold away), the first few in bench/kernel_floor.py's profile."""
-    u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias, reverse, accumulate, out, checkpoints = (
-        arguments)
-    xs, time_steps, ys, decay_rates, state, skips, biases, inputs = buffers
-    d_inner, length = u.shape[1], u.shape[2]
-    n_state = A.shape[1]
-    blocks = -(-d_inner // LANES)
-    checkpoint_every = -(-length // checkpoints.shape[2])
-    zero = u.dtype.type(0.0)
-    one = u.dtype.type(1.0)
-    for task in range(first_task, last_task):  # of batch * blocks
-        b = task // blocks
-        d0 = task % blocks * LANES
-        lanes = min(LANES, d_inner - d0)
-        if parts & 1:
-            _gather_lanes(u, b, d0, lanes, zero, xs)
-            _gather_lanes(delta, b, d0, lanes, zero, time_steps)
-        if parts & 2:
-            _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
-            _time_steps(time_steps, biases, softplus, zero, xs[:0])
-        if parts & 4:
-            state[:, :] = zero
-            for chunk in range(checkpoints.shape[2]):
-                for c in range(lanes):
-                    for n in range(n_state):
-                        checkpoints[b, d0 + c, chunk, n] = state[n, c]
-                start = chunk * checkpoint_every
-                stop = min(start + checkpoint_every, length)
-                if n_state == 16:  # the usual state size as a constant: LLVM unrolls the loop over N
-                    _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips, decay_rates, state,
-                                   inputs, ys, 16)
-                else:
-                    _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips, decay_rates, state,
-                                   inputs, ys, n_state)
-        if parts & 8 and has_z:
-            _gather_lanes(z, b, d0, lanes, zero, time_steps)  # reused for the gates
-            gates = time_steps.reshape(length * LANES)  # flat: one long vector loop
-            flat_ys = ys.reshape(length * LANES)
-            for i in range(length * LANES):
-                flat_ys[i] *= gates[i] * _sigmoid(gates[i], one)
-        if parts & 16:
-            _scatter_lanes(ys, out, b, d0, lanes, accumulate)
-
-
-@njit(_signatures("forward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
-      pipeline_class=_WideVectorCompiler)
-def _scan_forward_tasks(first_task, last_task, u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias,
-                        reverse, accumulate, out, checkpoints, xs, time_steps, ys, decay_rates, state, skips, biases,
-                        inputs):
-    """u, delta, z: (batch, d_inner, L), any strides; A: (d_inner, N); B, C: (batch, L, N); D, delta_bias:
-    (d_inner,) or empty. Writes out (batch, d_inner, L, any strides), or adds to it with ``accumulate``, and checkpoints
-    (batch, d_inner, chunks, N): the state before each chunk of checkpoint_every = ceil(L / chunks) steps. With
-    ``reverse`` the scan runs from the last step to the first (step s of the scan is position L - 1 - s), as the
-    backward branch of a bidirectional mixer does without flipping its inputs; chunks count in scan order.
-    One task is a block of LANES channels of one batch item, computed side by side as the lanes of vectors.
-    Buffers: xs, time_steps, ys (L, LANES); decay_rates, state (N, LANES); skips, biases, inputs (LANES,)."""
-    _scan_forward_passes(ALL_PASSES, first_task, last_task,
-                         (u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z, has_bias, reverse, accumulate,
-                          out, checkpoints), (xs, time_steps, ys, decay_rates, state, skips, biases, inputs))
-
-
-@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
 def _recompute_chunk(B, C, b, start, steps, length, reverse, xs, time_steps, skips, decay_rates, states, decays,
-                     inputs, ys, n_state, with_y):
+                     inputs, ys, n_state):
     """Backward's replay of forward steps start..start + steps - 1 of a block: states[i + 1] (N, LANES) = h after
-    step start + i from states[0], decays[i] = exp(dt A) of that step, and with ``with_y`` the ungated output
+    step start + i from states[0], decays[i] = exp(dt A) of that step, and the ungated output
     ys[t] = <h_t, C_t> + D u_t, summed over N in the forward's loop (vectorised over the lanes)."""
     for i in range(steps):
         t = length - 1 - (start + i) if reverse else start + i
         for c in range(LANES):
             inputs[c] = time_steps[t, c] * xs[t, c]
-        if with_y:
-            for c in range(LANES):
-                ys[t, c] = skips[c] * xs[t, c]
+        for c in range(LANES):
+            ys[t, c] = skips[c] * xs[t, c]
         for n in range(n_state):
             b_n = B[b, t, n]
             c_n = C[b, t, n]
@@ -456,8 +404,7 @@ def _recompute_chunk(B, C, b, start, steps, length, reverse, xs, time_steps, ski
                 decays[i, n, c] = decay
                 h = decay * states[i, n, c] + inputs[c] * b_n
                 states[i + 1, n, c] = h
-                if with_y:
-                    ys[t, c] += h * c_n
+                ys[t, c] += h * c_n
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
@@ -514,28 +461,6 @@ def _finish_block(length, reverse, xs, time_steps, slopes, grad_ys, skips, sums_
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
-def _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs, n_state):
-    """One checkpoint chunk of a block in backward: recompute its states (steps + 1, N, LANES) from states[0] (and
-    the output, when the gate or a projection after the scan needs it), gate, then walk it back. The arrays come in
-    tuples (CPython passes more than 30 arguments as *args, which numba cannot inline)."""
-    xs, time_steps, slopes, gates, grad_ys = sequences
-    skips, decay_rates, states, decays, grad_state, grad_A, inputs = parameters
-    grad_u, grad_delta, grad_z, y_gated, grad_B_lanes, grad_C_lanes = outputs
-    length = xs.shape[0]
-    if has_z or has_y:
-        _recompute_chunk(B, C, b, start, steps, length, reverse, xs, time_steps, skips, decay_rates, states, decays,
-                         inputs, y_gated, n_state, True)
-    else:
-        _recompute_chunk(B, C, b, start, steps, length, reverse, xs, time_steps, skips, decay_rates, states, decays,
-                         inputs, y_gated, n_state, False)
-    if has_z:
-        first = length - start - steps if reverse else start  # the chunk's rows: contiguous in either direction
-        _gate_rows(first, first + steps, gates, grad_ys, y_gated, grad_z)
-    _reverse_steps(B, C, b, start, steps, length, reverse, xs, time_steps, grad_ys, decay_rates, states, decays,
-                   grad_state, grad_A, grad_u, grad_delta, grad_B_lanes, grad_C_lanes, n_state)
-
-
-@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
 def _sum_lanes(grad_B_lanes, grad_C_lanes, b, g, grad_B_parts, grad_C_parts):
     """A task's dB and dC: its (L, N, LANES) lanes summed in lane order into grad_B_parts[b, g], grad_C_parts[b, g]
     (L, N)."""
@@ -550,109 +475,148 @@ def _sum_lanes(grad_B_lanes, grad_C_lanes, b, g, grad_B_parts, grad_C_parts):
             grad_C_parts[b, g, t, n] = total_C
 
 
-@njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
-def _scan_backward_passes(parts, first_task, last_task, arguments, buffers):
-    """The backward scan's tasks first_task..last_task - 1 (``_scan_backward_tasks``' arguments and buffers in two
-    tuples), running the passes whose bit (1 << their index in BACKWARD_PASSES) is set in ``parts``, as
-    ``_scan_forward_passes``."""
-    (grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z, has_bias, reverse, has_y,
-     grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts,
-     y_out) = arguments
-    (xs, time_steps, slopes, gates, grad_ys, lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes,
-     grad_C_lanes, states, decays, decay_rates, grad_state, grad_A, skips, biases, sums_D, sums_bias, inputs) = buffers
-    d_inner, length = u.shape[1], u.shape[2]
-    n_state = A.shape[1]
-    checkpoint_every = -(-length // checkpoints.shape[2])
-    groups = grad_B_parts.shape[1]
-    blocks = -(-d_inner // LANES)
-    blocks_per_group = -(-blocks // groups)
-    zero = u.dtype.type(0.0)
-    sequences = (xs, time_steps, slopes, gates, grad_ys)
-    parameters = (skips, decay_rates, states, decays, grad_state, grad_A, inputs)
-    outputs = (lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes, grad_C_lanes)
-    for task in range(first_task, last_task):  # of batch * groups
-        b = task // groups
-        g = task % groups
-        if parts & 1:
-            grad_B_lanes[:, :, :] = zero
-            grad_C_lanes[:, :, :] = zero
-        for block in range(g * blocks_per_group, min((g + 1) * blocks_per_group, blocks)):
-            d0 = block * LANES
+def _scan_kernels(unrolled_state: int):
+    """The forward and backward scan kernels, compiled on first use (``compiled``). With ``unrolled_state`` N > 0
+    the state size is that constant in the steps' loops, which LLVM unrolls (for the usual N = 16); with 0 it is read
+    from A (any N). ``parts`` selects the passes a task runs, by bit (1 << their index in FORWARD_PASSES and
+    BACKWARD_PASSES): ALL_PASSES in the package, the first few in bench/kernel_floor.py's profile. A closure
+    constant, ``unrolled_state`` is compiled in and keys numba's cache entry."""
+
+    @njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
+    def _scan_forward_tasks(first_task, last_task, parts, u, delta, A, B, C, D, z, delta_bias, softplus, has_D, has_z,
+                            has_bias, reverse, accumulate, out, checkpoints, xs, time_steps, ys, decay_rates, state,
+                            skips, biases, inputs):
+        """u, delta, z: (batch, d_inner, L), any strides; A: (d_inner, N); B, C: (batch, L, N); D, delta_bias:
+        (d_inner,) or empty. Writes out (batch, d_inner, L, any strides), or adds to it with ``accumulate``, and
+        checkpoints (batch, d_inner, chunks, N): the state before each chunk of checkpoint_every = ceil(L / chunks)
+        steps. With ``reverse`` the scan runs from the last step to the first (step s of the scan is position
+        L - 1 - s), as the backward branch of a bidirectional mixer does without flipping its inputs; chunks count in
+        scan order. One task is a block of LANES channels of one batch item, computed side by side as the lanes of
+        vectors. Buffers: xs, time_steps, ys (L, LANES); decay_rates, state (N, LANES); skips, biases, inputs
+        (LANES,)."""
+        d_inner, length = u.shape[1], u.shape[2]
+        n_state = A.shape[1]
+        blocks = -(-d_inner // LANES)
+        checkpoint_every = -(-length // checkpoints.shape[2])
+        zero = u.dtype.type(0.0)
+        one = u.dtype.type(1.0)
+        for task in range(first_task, last_task):  # of batch * blocks
+            b = task // blocks
+            d0 = task % blocks * LANES
             lanes = min(LANES, d_inner - d0)
-            if parts & 2:
+            if parts & 1:
                 _gather_lanes(u, b, d0, lanes, zero, xs)
                 _gather_lanes(delta, b, d0, lanes, zero, time_steps)
-                _gather_lanes(grad_out, b, d0, lanes, zero, grad_ys)  # zero past the end: those lanes add nothing
-                if has_z:
-                    _gather_lanes(z, b, d0, lanes, zero, gates)
-            if parts & 4:
+            if parts & 2:
                 _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
-                _time_steps(time_steps, biases, softplus, zero, slopes)
-                grad_state[:, :] = zero
-                grad_A[:, :] = zero
-                sums_D[:] = zero
-                sums_bias[:] = zero
-                lane_grad_u[:, :] = zero  # grad_x, then grad_u
-                lane_grad_delta[:, :] = zero  # grad_dt, then grad_delta
-            if parts & 8:
-                for chunk in range(checkpoints.shape[2] - 1, -1, -1):
-                    start = chunk * checkpoint_every
-                    steps = min(checkpoint_every, length - start)
-                    states[0, :, :] = zero
+                _time_steps(time_steps, biases, softplus, zero, xs[:0])
+            if parts & 4:
+                state[:, :] = zero
+                for chunk in range(checkpoints.shape[2]):
                     for c in range(lanes):
                         for n in range(n_state):
-                            states[0, n, c] = checkpoints[b, d0 + c, chunk, n]
-                    if n_state == 16:  # as in forward: the usual state size as a constant
-                        _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs,
-                                        16)
-                    else:
-                        _backward_chunk(B, C, b, start, steps, reverse, has_z, has_y, sequences, parameters, outputs,
-                                        n_state)
+                            checkpoints[b, d0 + c, chunk, n] = state[n, c]
+                    start = chunk * checkpoint_every
+                    stop = min(start + checkpoint_every, length)
+                    _forward_steps(B, C, b, start, stop, length, reverse, xs, time_steps, skips, decay_rates, state,
+                                   inputs, ys, unrolled_state if unrolled_state else n_state)
+            if parts & 8 and has_z:
+                _gather_lanes(z, b, d0, lanes, zero, time_steps)  # reused for the gates
+                gates = time_steps.reshape(length * LANES)  # flat: one long vector loop
+                flat_ys = ys.reshape(length * LANES)
+                for i in range(length * LANES):
+                    flat_ys[i] *= gates[i] * _sigmoid(gates[i], one)
             if parts & 16:
-                _finish_block(length, reverse, xs, time_steps, slopes, grad_ys, skips, sums_D, sums_bias, lane_grad_u,
-                              lane_grad_delta)
-                for c in range(lanes):
-                    for n in range(n_state):
-                        grad_A_parts[b, d0 + c, n] = grad_A[n, c]
-                    grad_D_parts[b, d0 + c] = sums_D[c]
-                    grad_bias_parts[b, d0 + c] = sums_bias[c]
-            if parts & 32:
-                _scatter_lanes(lane_grad_u, grad_u, b, d0, lanes, False)
-                _scatter_lanes(lane_grad_delta, grad_delta, b, d0, lanes, False)
-                if has_z:
-                    _scatter_lanes(lane_grad_z, grad_z, b, d0, lanes, True)
-                if has_y:
-                    _scatter_lanes(lane_y, y_out, b, d0, lanes, True)
-        if parts & 1:
-            _sum_lanes(grad_B_lanes, grad_C_lanes, b, g, grad_B_parts, grad_C_parts)
+                _scatter_lanes(ys, out, b, d0, lanes, accumulate)
 
+    @njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy", pipeline_class=_WideVectorCompiler)
+    def _scan_backward_tasks(
+        first_task, last_task, parts, grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D,
+        has_z, has_bias, reverse, has_y,
+        grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts, y_out,
+        xs, time_steps, slopes, gates, grad_ys, lane_grad_u, lane_grad_delta, lane_grad_z, lane_y,
+        grad_B_lanes, grad_C_lanes, states, decays, decay_rates, grad_state, grad_A,
+        skips, biases, sums_D, sums_bias, inputs,
+    ):
+        """Reverse scan. Inputs as in ``scan_forward`` plus grad_out (batch, d_inner, L). Writes grad_u,
+        grad_delta (batch, d_inner, L); adds to grad_z (batch, d_inner, L, must be zero on entry or hold another
+        direction's part); per-batch partials grad_A_parts (batch, d_inner, N), grad_D_parts and grad_bias_parts
+        (batch, d_inner); per-group partials grad_B_parts, grad_C_parts (batch, groups, L, N). With ``has_y`` it
+        also adds the recomputed (gated) output to y_out (batch, d_inner, L), for the gradient of a projection after
+        the scan. grad_delta is with respect to the raw delta (before bias and softplus). The three (batch, d_inner, L)
+        outputs may have any strides. One task is a group of blocks of LANES channels of one batch item; its dB and dC
+        are summed over its channels lane by lane, then over the lanes in order. Buffers: (L, LANES) sequences;
+        grad_B_lanes, grad_C_lanes (L, N, LANES); states (chunk + 1, N, LANES) (states[i + 1]: h after step i), decays
+        (chunk, N, LANES); (N, LANES) and (LANES,) vectors."""
+        d_inner, length = u.shape[1], u.shape[2]
+        n_state = A.shape[1]
+        checkpoint_every = -(-length // checkpoints.shape[2])
+        groups = grad_B_parts.shape[1]
+        blocks = -(-d_inner // LANES)
+        blocks_per_group = -(-blocks // groups)
+        zero = u.dtype.type(0.0)
+        for task in range(first_task, last_task):  # of batch * groups
+            b = task // groups
+            g = task % groups
+            if parts & 1:
+                grad_B_lanes[:, :, :] = zero
+                grad_C_lanes[:, :, :] = zero
+            for block in range(g * blocks_per_group, min((g + 1) * blocks_per_group, blocks)):
+                d0 = block * LANES
+                lanes = min(LANES, d_inner - d0)
+                if parts & 2:
+                    _gather_lanes(u, b, d0, lanes, zero, xs)
+                    _gather_lanes(delta, b, d0, lanes, zero, time_steps)
+                    _gather_lanes(grad_out, b, d0, lanes, zero, grad_ys)  # zero past the end: those lanes add nothing
+                    if has_z:
+                        _gather_lanes(z, b, d0, lanes, zero, gates)
+                if parts & 4:
+                    _block_parameters(A, D, delta_bias, has_D, has_bias, d0, lanes, zero, decay_rates, skips, biases)
+                    _time_steps(time_steps, biases, softplus, zero, slopes)
+                    grad_state[:, :] = zero
+                    grad_A[:, :] = zero
+                    sums_D[:] = zero
+                    sums_bias[:] = zero
+                    lane_grad_u[:, :] = zero  # grad_x, then grad_u
+                    lane_grad_delta[:, :] = zero  # grad_dt, then grad_delta
+                if parts & 8:
+                    for chunk in range(checkpoints.shape[2] - 1, -1, -1):
+                        start = chunk * checkpoint_every
+                        steps = min(checkpoint_every, length - start)
+                        states[0, :, :] = zero
+                        for c in range(lanes):
+                            for n in range(n_state):
+                                states[0, n, c] = checkpoints[b, d0 + c, chunk, n]
+                        # recompute the chunk's states (and its output, for the gate or a projection after the
+                        # scan: computed even when neither needs it, one copy of the loop to compile), gate, walk back
+                        n = unrolled_state if unrolled_state else n_state
+                        _recompute_chunk(B, C, b, start, steps, length, reverse, xs, time_steps, skips, decay_rates,
+                                         states, decays, inputs, lane_y, n)
+                        if has_z:
+                            first = length - start - steps if reverse else start  # the chunk's rows, either way
+                            _gate_rows(first, first + steps, gates, grad_ys, lane_y, lane_grad_z)
+                        _reverse_steps(B, C, b, start, steps, length, reverse, xs, time_steps, grad_ys, decay_rates,
+                                       states, decays, grad_state, grad_A, lane_grad_u, lane_grad_delta, grad_B_lanes,
+                                       grad_C_lanes, n)
+                if parts & 16:
+                    _finish_block(length, reverse, xs, time_steps, slopes, grad_ys, skips, sums_D, sums_bias,
+                                  lane_grad_u, lane_grad_delta)
+                    for c in range(lanes):
+                        for n in range(n_state):
+                            grad_A_parts[b, d0 + c, n] = grad_A[n, c]
+                        grad_D_parts[b, d0 + c] = sums_D[c]
+                        grad_bias_parts[b, d0 + c] = sums_bias[c]
+                if parts & 32:
+                    _scatter_lanes(lane_grad_u, grad_u, b, d0, lanes, False)
+                    _scatter_lanes(lane_grad_delta, grad_delta, b, d0, lanes, False)
+                    if has_z:
+                        _scatter_lanes(lane_grad_z, grad_z, b, d0, lanes, True)
+                    if has_y:
+                        _scatter_lanes(lane_y, y_out, b, d0, lanes, True)
+            if parts & 1:
+                _sum_lanes(grad_B_lanes, grad_C_lanes, b, g, grad_B_parts, grad_C_parts)
 
-@njit(_signatures("backward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
-      pipeline_class=_WideVectorCompiler)
-def _scan_backward_tasks(
-    first_task, last_task, grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z,
-    has_bias, reverse, has_y,
-    grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts, y_out,
-    xs, time_steps, slopes, gates, grad_ys, lane_grad_u, lane_grad_delta, lane_grad_z, lane_y,
-    grad_B_lanes, grad_C_lanes, states, decays, decay_rates, grad_state, grad_A,
-    skips, biases, sums_D, sums_bias, inputs,
-):
-    """Reverse scan. Inputs as in ``scan_forward`` plus grad_out (batch, d_inner, L). Writes grad_u,
-    grad_delta (batch, d_inner, L); adds to grad_z (batch, d_inner, L, must be zero on entry or hold another
-    direction's part); per-batch partials grad_A_parts (batch, d_inner, N), grad_D_parts and grad_bias_parts
-    (batch, d_inner); per-group partials grad_B_parts, grad_C_parts (batch, groups, L, N). With ``has_y`` it
-    also adds the recomputed (gated) output to y_out (batch, d_inner, L), for the gradient
-    of a projection after the scan. grad_delta is with respect to the raw delta (before bias and softplus). The
-    three (batch, d_inner, L) outputs may have any strides. One task is a group of blocks of LANES channels of one
-    batch item; its dB and dC are summed over its channels lane by lane, then over the lanes in order. Buffers:
-    (L, LANES) sequences; grad_B_lanes, grad_C_lanes (L, N, LANES); states (chunk + 1, N, LANES) (states[i + 1]: h
-    after step i), decays (chunk, N, LANES); (N, LANES) and (LANES,) vectors."""
-    _scan_backward_passes(
-        ALL_PASSES, first_task, last_task,
-        (grad_out, u, delta, A, B, C, D, z, delta_bias, checkpoints, softplus, has_D, has_z, has_bias, reverse, has_y,
-         grad_u, grad_delta, grad_z, grad_A_parts, grad_D_parts, grad_bias_parts, grad_B_parts, grad_C_parts, y_out),
-        (xs, time_steps, slopes, gates, grad_ys, lane_grad_u, lane_grad_delta, lane_grad_z, lane_y, grad_B_lanes,
-         grad_C_lanes, states, decays, decay_rates, grad_state, grad_A, skips, biases, sums_D, sums_bias, inputs))
+    return _scan_forward_tasks, _scan_backward_tasks
 
 
 @njit(inline="always", cache=True, fastmath=_FAST, error_model="numpy")
@@ -681,8 +645,7 @@ def _conv_transposed(grad_pre, grad_pre_b, weight, weight_b, d, length, out, wid
         out[t] = total
 
 
-@njit(_signatures("conv"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
-      pipeline_class=_NoAliasCompiler)
+@njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy", pipeline_class=_NoAliasCompiler)
 def _conv_silu_forward_tasks(first_task, last_task, x, weight, bias, weight_b, bias_b, out, out_b, pre, pre_b,
                              padded):
     """Both directions' depthwise conv + SiLU in one pass over x (batch, d_inner, L), any strides: out is the causal
@@ -713,8 +676,7 @@ def _conv_silu_forward_tasks(first_task, last_task, x, weight, bias, weight_b, b
             out_b[b, d, t] *= _sigmoid(out_b[b, d, t], one)
 
 
-@njit(_signatures("conv_backward"), nogil=True, cache=True, fastmath=_FAST, error_model="numpy",
-      pipeline_class=_NoAliasCompiler)
+@njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy", pipeline_class=_NoAliasCompiler)
 def _conv_silu_backward_tasks(first_task, last_task, x, weight, weight_b, pre, pre_b, grad_out, grad_out_b, grad_x,
                               grad_weight_parts, grad_bias_parts, grad_weight_b_parts, grad_bias_b_parts, padded,
                               grad_pre, grad_pre_b, grad_input):
@@ -786,12 +748,11 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
-def _run_tasks(kernel, tasks: int, args: tuple, buffers=None) -> None:
+def _run_tasks(kernel, tasks: int, args: tuple, spec=()) -> None:
     """kernel(first, last, *args, *working buffers) over tasks 0..tasks - 1 on torch.get_num_threads() threads, the
-    caller's among them, each thread with buffers of its own (``buffers(*args)``: their spec, see ``_buffers``).
+    caller's among them, each thread with buffers of its own (``spec``: their shapes and dtypes, see ``_buffers``).
     Every task writes only its own outputs, so the split does not change the result."""
     threads = max(1, min(torch.get_num_threads(), tasks))
-    spec = buffers(*args) if buffers else ()
     if threads == 1:
         kernel(0, tasks, *args, *_buffers(kernel, spec))
         return
@@ -835,20 +796,6 @@ def _buffers(kernel, spec) -> tuple:
     return arrays
 
 
-def _on_threads(kernel, task_count, buffers):
-    """``kernel`` without its task range and buffers: runs all ``task_count(*args)`` tasks of a call. The working
-    buffers (``buffers(*args)``: their spec) are allocated here and passed in, not by the kernel: numba marks a
-    kernel's arguments ``noalias`` (``_NoAliasCompiler``) but knows nothing of arrays it allocates itself, and
-    without that LLVM keeps the per-lane sums in memory and leaves loops scalar."""
-
-    def run(*args):
-        _run_tasks(kernel, task_count(*args), args, buffers)
-
-    run.__name__ = kernel.__name__.removeprefix("_").removesuffix("_tasks")
-    run.__doc__ = kernel.__doc__
-    return run
-
-
 def _lane_buffers(dtype, *shapes):
     return tuple(((*shape, LANES), dtype.str) for shape in shapes)
 
@@ -883,9 +830,75 @@ def _batch_times_blocks(x, *_):
     return x.shape[0] * -(-x.shape[1] // LANES)
 
 
-scan_forward = _on_threads(_scan_forward_tasks, _batch_times_blocks, _scan_forward_buffers)
+# ----- the kernels, compiled for a dtype when first needed -----
+
+UNROLLED_STATE_SIZES = (16,)  # state sizes whose scan kernels have N as a constant (any other N: the general ones)
+_SCAN_KERNELS = {size: _scan_kernels(size) for size in (*UNROLLED_STATE_SIZES, 0)}  # nothing compiled yet
+KERNELS = ("scan_forward", "scan_backward", "conv_silu_forward", "conv_silu_backward")
+# seconds numba took to compile each for float32 (float64: about as long), 2-core Intel Xeon (AVX-512), numba 0.68.1
+_COMPILE_SECONDS = {"scan_forward": 2.1, "scan_backward": 5.0, "conv_silu_forward": 0.4, "conv_silu_backward": 0.5}
+_entries: dict = {}  # (dispatcher, dtype) -> the compiled kernel's entry point
+
+
+def dispatcher(kind: str, n_state: int = 16):
+    """The numba dispatcher of kernel `kind` (one of KERNELS) for state size `n_state`."""
+    if kind == "conv_silu_forward":
+        return _conv_silu_forward_tasks
+    if kind == "conv_silu_backward":
+        return _conv_silu_backward_tasks
+    forward, backward = _SCAN_KERNELS[n_state if n_state in UNROLLED_STATE_SIZES else 0]
+    return forward if kind == "scan_forward" else backward
+
+
+def compiled(kind: str, dtype, n_state: int = 16):
+    """Kernel `kind` for `dtype` (float32 or float64) and state size `n_state`, loaded from numba's cache or compiled
+    on this first use: its entry point, called with its task range, its arguments and its working buffers."""
+    dtype = np.dtype(dtype)
+    entry = _entries.get((dispatcher(kind, n_state), dtype))
+    if entry is None:
+        prepare((kind,), dtype, n_state)
+        entry = _entries[dispatcher(kind, n_state), dtype]
+    return entry
+
+
+def prepare(kinds, dtype, n_state: int = 16) -> None:
+    """Load or compile the kernels of `kinds` for `dtype` and state size `n_state` now, with one log line if numba
+    compiles them: the fused ops ask for the forward and backward kernels together before a training step's first
+    forward, so a first run says once what it waits for."""
+    dtype = np.dtype(dtype)
+    missing = [kind for kind in kinds if (dispatcher(kind, n_state), dtype) not in _entries]
+    if not missing:
+        return
+    requests = [(dispatcher(kind, n_state), _signature(kind, dtype)) for kind in missing]
+    entries = compile_kernels(requests, f"{dtype.name}: {', '.join(missing)}",
+                              sum(_COMPILE_SECONDS[kind] for kind in missing), CACHE_FOLDER or "numba's cache")
+    for (kernel, _), entry in zip(requests, entries):
+        _entries[kernel, dtype] = entry
+
+
+def _runner(kind, task_count, buffers, decay_rates_at=None):
+    """Kernel `kind` as a function of its arguments alone: runs all ``task_count(*args)`` tasks of a call (for a scan,
+    every pass, with the kernel for the state size of A (d_inner, N), its argument number `decay_rates_at`). The
+    working buffers (``buffers(*args)``: their spec) are allocated here and passed in, not by the kernel: numba marks
+    a kernel's arguments ``noalias`` (``_NoAliasCompiler``) but knows nothing of arrays it allocates itself, and
+    without that LLVM keeps the per-lane sums in memory and leaves loops scalar."""
+    kernel = dispatcher(kind)
+
+    def run(*args):
+        if decay_rates_at is None:
+            _run_tasks(compiled(kind, args[1].dtype), task_count(*args), args, buffers(*args))
+        else:
+            A = args[decay_rates_at]
+            _run_tasks(compiled(kind, A.dtype, A.shape[1]), task_count(*args), (ALL_PASSES, *args), buffers(*args))
+
+    run.__name__ = kind
+    run.__doc__ = kernel.py_func.__doc__
+    return run
+
+
+scan_forward = _runner("scan_forward", _batch_times_blocks, _scan_forward_buffers, decay_rates_at=2)
 # one task per (batch, channel group): grad_B_parts (batch, groups, L, N) is the 23rd argument
-scan_backward = _on_threads(_scan_backward_tasks, lambda *args: args[22].shape[0] * args[22].shape[1],
-                            _scan_backward_buffers)
-conv_silu_forward = _on_threads(_conv_silu_forward_tasks, _batch_times_channels, _conv_buffers(1, rows=0))
-conv_silu_backward = _on_threads(_conv_silu_backward_tasks, _batch_times_channels, _conv_buffers(3, rows=1))
+scan_backward = _runner("scan_backward", lambda *args: args[22].shape[0] * args[22].shape[1], _scan_backward_buffers,
+                        decay_rates_at=3)
+conv_silu_forward = _runner("conv_silu_forward", _batch_times_channels, _conv_buffers(1, rows=0))
+conv_silu_backward = _runner("conv_silu_backward", _batch_times_channels, _conv_buffers(3, rows=1))

@@ -1,12 +1,20 @@
 import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
+# One numba cache for the whole run, shared by both pytest workers and every script the tests start (they inherit
+# the environment): the CPU kernels compile once per run (cpu_kernels_compiled), and no test that starts a process
+# waits on a compile it does not check. Tests of compiling itself give their scripts an empty cache of their own.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "stretchysnake-tests" / os.environ.get(
+    "PYTEST_XDIST_TESTRUNUID", f"run-{os.getpid()}") / "numba"))
 
-from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeForVideoClassification
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from filelock import FileLock  # noqa: E402
+
+from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeForVideoClassification  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = str(ROOT / "tests" / "multiprocess_probe.py")  # a few recorded training steps (multi-process tests)
@@ -52,6 +60,19 @@ def small_config(**overrides) -> StretchySnakeConfig:
 def cost_cache_in_a_temporary_folder(tmp_path_factory):
     """compute_budget caches measured forward times under the home folder: keep the tests' out of it."""
     os.environ["STRETCHYSNAKE_CACHE"] = str(tmp_path_factory.mktemp("stretchysnake_cache"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cpu_kernels_compiled():
+    """The float32 kernels, forward and backward, compiled (by the first worker; the other waits, then loads them)
+    before the first test."""
+    from modeling_stretchysnake.selective_scan_fused import numba_available, numba_kernels
+
+    if numba_available():
+        os.makedirs(os.environ["NUMBA_CACHE_DIR"], exist_ok=True)
+        with FileLock(os.path.join(os.environ["NUMBA_CACHE_DIR"], "compiling.lock")):
+            numba_kernels().prepare(["conv_silu_forward", "scan_forward", "conv_silu_backward", "scan_backward"],
+                                    "float32")
 
 
 @pytest.fixture

@@ -164,11 +164,11 @@ def test_kernel_floor_benchmark_times_every_kernel_against_the_exp_floor(tmp_pat
     assert set(loops) == {"forward steps", "backward chunk", "backward walk back"}
     assert all(0 < value < float("inf") for value in loops.values())
     assert "loop share" in result.stdout
-    # each scan's passes: the kernel, the probe that re-runs its task loop, and what each pass adds
+    # each scan's passes: the kernel, the kernel with every bit of its parts mask, and what each pass adds
     passes = written["scan_passes_ms"]["main"]
     assert set(passes) == {"scan_forward", "scan_backward"}
     assert len(passes["scan_forward"]) == 2 + 5 and len(passes["scan_backward"]) == 2 + 6
-    assert all(rows["the kernel"] > 0 and rows["all passes (the probe)"] > 0 for rows in passes.values())
+    assert all(rows["the kernel"] > 0 and rows["all passes (the parts mask)"] > 0 for rows in passes.values())
     assert "what it adds to those before it" in result.stdout
 
 

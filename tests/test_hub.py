@@ -25,7 +25,7 @@ def test_save_load_round_trip_gives_identical_logits(model, tmp_path):
     files = set(os.listdir(tmp_path))
     assert {"model.safetensors", "config.json", "modeling_stretchysnake.py", "configuration_stretchysnake.py"} <= files
     # relative imports travel with the code, the fused kernels' modules included
-    assert {"resizing.py", "selective_scan.py", "selective_scan_fused.py", "selective_scan_numba.py",
+    assert {"resizing.py", "selective_scan.py", "selective_scan_fused.py", "selective_scan_numba.py", "numba_cache.py",
             "selective_scan_triton.py"} <= files
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForVideoClassification"].endswith("StretchySnakeForVideoClassification")
@@ -80,3 +80,6 @@ def test_trust_remote_code_load_without_the_package(model, tmp_path, hidden, bac
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code ok" in result.stdout
+    # the remote copy of the kernels loads what the package compiled for the reference logits (one cache entry per
+    # kernel source, numba_cache): no compile on a Hub user's first call after the first model
+    assert "compiling the CPU kernels" not in result.stderr, result.stderr[-3000:]

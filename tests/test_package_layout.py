@@ -18,7 +18,7 @@ PACKAGE = ROOT / "modeling_stretchysnake"
 # What a model folder needs, and all the model side is: config, modeling, resizing, scans and mixer, the processor
 # and its decoding, the pipeline.
 MODEL_FILES = {"configuration_stretchysnake.py", "modeling_stretchysnake.py", "resizing.py", "selective_scan.py",
-               "selective_scan_fused.py", "selective_scan_numba.py", "selective_scan_triton.py",
+               "selective_scan_fused.py", "selective_scan_numba.py", "numba_cache.py", "selective_scan_triton.py",
                "bidirectional_mixer.py", "custom_ops.py", "video_processing_stretchysnake.py", "video_decoding.py",
                "pipeline_stretchysnake.py", "cascade.py"}
 TOOLS = {"__init__.py", "convert_videomamba_checkpoint.py", "pretrained.py", "cli.py"}  # on top of the model files

@@ -372,34 +372,3 @@ def test_scan_kernels_ask_llvm_for_vectors_as_wide_as_a_block():
         kernel(x, out)
         assert (out == 2).all()
         assert (attribute in kernel.inspect_llvm(kernel.signatures[0])) is marked
-
-
-def test_a_second_copy_of_the_kernel_module_imports_and_runs():
-    """A saved model carries the kernels' code; loaded with trust_remote_code where the package is installed, a copy
-    of selective_scan_numba is imported next to the package's (its numba pass registered under its own name)."""
-    script = textwrap.dedent(
-        """
-        import importlib.util
-        import numpy as np
-        import modeling_stretchysnake.selective_scan_numba as package_copy
-        spec = importlib.util.spec_from_file_location("saved_model_code.selective_scan_numba", package_copy.__file__)
-        remote_copy = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(remote_copy)
-        names = {package_copy._WideVectorLowering._name, remote_copy._WideVectorLowering._name}
-        rng = np.random.default_rng(0)
-        u, delta, z = (rng.standard_normal((1, 16, 8), dtype=np.float32) for _ in range(3))
-        A = -rng.random((16, 16), dtype=np.float32)
-        B, C = (rng.standard_normal((1, 8, 16), dtype=np.float32) for _ in range(2))
-        D, bias = np.ones(16, dtype=np.float32), np.zeros(16, dtype=np.float32)
-        outputs = []
-        for module in (package_copy, remote_copy):
-            out, checkpoints = np.zeros((1, 16, 8), dtype=np.float32), np.zeros((1, 16, 1, 16), dtype=np.float32)
-            module.scan_forward(u, delta, A, B, C, D, z, bias, True, True, True, True, False, False, out, checkpoints)
-            outputs.append(out)
-        print("copies", len(names), "same output", np.array_equal(*outputs), "finite", np.isfinite(outputs[1]).all())
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "copies 2 same output True finite True" in result.stdout, result.stdout
