@@ -13,7 +13,10 @@ CUDA_TORCH ?= torch
 TEST_COMMAND = python -m pytest -q -n 2 tests
 
 BIN := $(VENV)/bin
+# What the main job needs (the train and video extras), then what the tests add (the test extra: pytest, and triton,
+# 1 GB installed, for the GPU kernels' CPU interpreter): `make demo` on a fresh clone installs the first only.
 STAMP := $(VENV)/.stretchysnake-installed
+TEST_STAMP := $(VENV)/.stretchysnake-test-installed
 LOCK := constraints.txt
 PIP_LOCKED = -m pip install --quiet -c $(LOCK)
 
@@ -24,10 +27,10 @@ demo: $(STAMP)
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/train.py
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(TEST_COMMAND)
 
-venv: $(STAMP)
+venv: $(TEST_STAMP)
 
 # torch goes in first and on its own: a bare `torch` requirement from pip would pull the multi-GB CUDA build on
 # a machine without a GPU. An existing torch is kept, so a second run installs nothing new.
@@ -37,9 +40,13 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -c "import torch" 2>/dev/null || \
 		if nvidia-smi >/dev/null 2>&1; then $(BIN)/python $(PIP_LOCKED) "$(CUDA_TORCH)"; \
 		else $(BIN)/python $(PIP_LOCKED) "$(CPU_TORCH)"; fi
-	$(BIN)/python $(PIP_LOCKED) -e ".[train,test,video]"
+	$(BIN)/python $(PIP_LOCKED) -e ".[train,video]"
 	$(BIN)/python -c "import torch, transformers, modeling_stretchysnake; \
 		print('set up $(VENV): torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python $(PIP_LOCKED) -e ".[train,test,video]"
 	touch $@
 
 clean-venv:

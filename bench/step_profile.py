@@ -24,6 +24,11 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # before torch, as recipes/tra
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "recipes")]
 
+import portable_numerics  # noqa: E402
+
+# the recipe's CPU numerics for its flags (after --), set before torch is imported as the recipe does
+portable_numerics.apply_before_torch(sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else [])
+
 import accelerate  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402

@@ -14,12 +14,15 @@ source differs gets its own name and its own entries. Kernels are compiled for a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+
+from filelock import FileLock  # huggingface_hub's dependency, so transformers'
 
 try:  # transformers' remote-code import check skips try blocks: numba stays optional for Hub users
     from numba.core import caching, config, event
@@ -90,16 +93,21 @@ class _CompileNotice(event.Listener):
         pass
 
 
-def compile_kernels(requests, what: str, seconds: float, cache_folder: Path) -> list:
+def compile_kernels(requests, what: str, seconds: float, cache_folder: Path | None) -> list:
     """The entry points of ``dispatcher.compile(signature)`` for each (dispatcher, signature) in `requests`, loaded
     from numba's cache or compiled. A compile logs one line first ("compiling the CPU kernels for `what` once,
-    about `seconds` s") and one with the time it took."""
+    about `seconds` s") and one with the time it took. Processes that start together (training ranks, a model
+    trained beside another) take turns through a lock in the cache folder: one compiles, the others load."""
     notice = _CompileNotice(
         f"compiling the CPU kernels ({what}) once, about {max(1, round(seconds))} s on a 2-core machine: numba "
-        f"builds them for this CPU on first use and keeps them in {cache_folder} for later runs and every copy of the "
-        "model code")
+        f"builds them for this CPU on first use and keeps them in {cache_folder or 'its cache'} for later runs and "
+        "every copy of the model code")
     start = time.perf_counter()
-    with event.install_listener("numba:compile", notice):
+    with contextlib.ExitStack() as stack:
+        if cache_folder is not None:
+            cache_folder.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(FileLock(str(cache_folder / "compiling.lock")))
+        stack.enter_context(event.install_listener("numba:compile", notice))
         entries = [dispatcher.compile(signature) for dispatcher, signature in requests]
     if notice.compiled:
         logger.warning("compiled the CPU kernels (%s) in %.1f s", what, time.perf_counter() - start)

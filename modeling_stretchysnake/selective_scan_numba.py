@@ -871,7 +871,7 @@ def prepare(kinds, dtype, n_state: int = 16) -> None:
         return
     requests = [(dispatcher(kind, n_state), _signature(kind, dtype)) for kind in missing]
     entries = compile_kernels(requests, f"{dtype.name}: {', '.join(missing)}",
-                              sum(_COMPILE_SECONDS[kind] for kind in missing), CACHE_FOLDER or "numba's cache")
+                              sum(_COMPILE_SECONDS[kind] for kind in missing), CACHE_FOLDER)
     for (kernel, _), entry in zip(requests, entries):
         _entries[kernel, dtype] = entry
 

@@ -15,11 +15,14 @@ to tell apart, written as real video files) is rendered under `--data_root` and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import multiprocessing
 import logging
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +32,12 @@ from pathlib import Path
 # cost nothing on a quiet machine (bench/RESULTS.md). A value the user set wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-import torch
+import portable_numerics  # noqa: E402  (no torch: it sets what CPU libraries read when torch loads them)
+
+if __name__ == "__main__":
+    portable_numerics.apply_before_torch(sys.argv[1:])
+
+import torch  # noqa: E402
 import yaml
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
@@ -41,7 +49,7 @@ from modeling_stretchysnake import (
 )
 from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.training.compute_budget import save_scale_accuracy
-from modeling_stretchysnake.training.data import VideoClipDataset
+from modeling_stretchysnake.training.data import DecodedClipCache, VideoClipDataset
 from modeling_stretchysnake.training.distributed import end_processes
 from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
 from modeling_stretchysnake.pretrained import load_model
@@ -64,6 +72,9 @@ DEFAULT_TRAINING_FLAGS = [
     "--warmup_steps", "10", "--lr_scheduler_type", "cosine", "--label_smoothing_factor", "0.1",
     "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--seed", "0",
     "--dataloader_num_workers", "0",
+    # AdamW as one fused kernel (torch's own vectorised code): the per-tensor foreach version takes each square root
+    # through MKL's vector math, whose results depend on MKL's code branch (recipes/portable_numerics.py)
+    "--optim", "adamw_torch_fused",
     # Every variant trains every parameter each step (the head, both scan directions, the resized kernel and position
     # tables): DDP need not traverse the graph for unused ones, which it otherwise does at every step.
     "--ddp_find_unused_parameters", "false",
@@ -111,10 +122,23 @@ class StretchySnakeArguments:
     decoder: str = field(default="auto", metadata={
         "help": "auto (decord first for training's squashed frames, PyAV first for evaluation's aspect-keeping "
                 "resize: the faster per request, bench/RESULTS.md), decord or pyav"})
+    clip_cache_gb: float | None = field(default=None, metadata={
+        "help": "keep decoded clips in memory up to this many GB, for videos drawn again at a scale they were decoded "
+                "at (the fixed-scale model's clips and the evaluation grid are the flexible model's); default: 4 on "
+                "the generated data, which fits, 0 (off) with --manifest"})
+    baseline_side_by_side: str = field(default="auto", metadata={
+        "help": "train the fixed-scale model in a second process at the same time as the flexible one, one CPU thread "
+                "each (small models use two processes' threads better than one's): true, false, or auto (true in a "
+                "single CPU process)"})
+    cpu_numerics: str = field(default="auto", metadata={
+        "help": "portable: every CPU library on one code path and 2 threads, the same bits on any x86-64 CPU with "
+                "AVX2 and FMA (recipes/portable_numerics.py; set before torch loads, so only when this script is run "
+                "itself); native: each library's fastest code for this CPU; auto: portable on the generated data "
+                "(the main job), native with --manifest"})
     cpu_threads: int = field(default=0, metadata={
         "help": "torch threads when training on the CPU: 0 = every core available when this is the only process "
-                "(accelerate's single-process launcher sets OMP_NUM_THREADS=1), the launcher's setting when there "
-                "are several"})
+                "(accelerate's single-process launcher sets OMP_NUM_THREADS=1; with portable numerics, 2), the "
+                "launcher's setting when there are several"})
     baseline: str = field(default="auto", metadata={
         "help": "also train a fixed-scale model of the same size in this run, same steps, evaluated on the same grid: "
                 "FRAMESxRESOLUTION (e.g. 8x56), 'none', or 'auto' (the default: the base scale on the generated "
@@ -222,67 +246,135 @@ def train_and_evaluate(args, training_args, model, sampler, eval_scales, process
     return trainer, metrics
 
 
+@dataclass
+class TrainedModel:
+    """What the summary needs of one trained model (the process that trained it may be another)."""
+
+    scale_results: dict
+    grid_metrics: dict
+    log_history: list
+    unreadable: list[str]
+
+    @classmethod
+    def of(cls, trainer: StretchySnakeTrainer, *datasets) -> "TrainedModel":
+        return cls(trainer.last_scale_results, trainer.last_grid_metrics, trainer.state.log_history,
+                   sorted(set().union(*(dataset.failures for dataset in datasets))))
+
+
+def clip_datasets(args, processor, train_rows, eval_rows) -> tuple[VideoClipDataset, VideoClipDataset]:
+    """The training and evaluation clips, sharing one decoded-clip cache (--clip_cache_gb)."""
+    cache_gb = args.clip_cache_gb if args.clip_cache_gb is not None else 0.0 if args.manifest else 4.0
+    clip_cache = DecodedClipCache(int(cache_gb * 2**30)) if cache_gb > 0 else None
+    return (VideoClipDataset(train_rows, processor, training=True, decoder=args.decoder, clip_cache=clip_cache),
+            VideoClipDataset(eval_rows, processor, training=False, decoder=args.decoder, clip_cache=clip_cache))
+
+
+def train_fixed_scale(args, training_args, label_names, fixed, eval_scales, processor, train_set,
+                      eval_set) -> TrainedModel:
+    """The paper's "vanilla" baseline: same size, data, steps and optimiser, one scale, and the usual fixed patch
+    size (static patches): at other resolutions the token grid grows or shrinks and the position embedding is
+    interpolated, the way a fixed-scale checkpoint is used elsewhere. Saved under output_dir/fixed_scale."""
+    fixed_args = dataclasses.replace(training_args, output_dir=str(Path(training_args.output_dir) / "fixed_scale"))
+    set_seed(training_args.seed)
+    fixed_model = build_model(args, label_names, scale_mode="static_patches")
+    fixed_config = fixed_model.config
+    fixed_sampler = ScaleSampler("static_patches", frames=[fixed[0]], resolutions=[fixed[1]],
+                                 patch_sizes=[fixed_config.patch_size], seed=training_args.seed)
+    fixed_scales = [Scale(s.frames, s.resolution, resolve_patch_size(fixed_config, s.resolution, s.resolution))
+                    for s in eval_scales]
+    trainer, _ = train_and_evaluate(args, fixed_args, fixed_model, fixed_sampler, fixed_scales, processor, train_set,
+                                    eval_set)
+    return TrainedModel.of(trainer, train_set, eval_set)
+
+
+def train_fixed_scale_in_this_process(argv, fixed, eval_scales, label_names, processor,
+                                      threads: int) -> TrainedModel:
+    """`train_fixed_scale` as the second process of a side-by-side run: its own data loading and clip cache,
+    `threads` threads, its progress as logged lines (the first process draws the progress bar)."""
+    args, training_args = parse_arguments(argv)
+    training_args = dataclasses.replace(training_args, disable_tqdm=True)
+    logging.basicConfig(format=f"%(asctime)s %(levelname)s [fixed {fixed[0]}x{fixed[1]}] %(name)s: %(message)s",
+                        level=logging.INFO, force=True)
+    portable_numerics.finish_after_torch(portable_numerics.requested_mode(argv))
+    torch.set_num_threads(threads)
+    manifest = load_manifest(args, training_args)
+    train_set, eval_set = clip_datasets(args, processor, manifest[args.train_split], manifest[args.eval_split])
+    return train_fixed_scale(args, training_args, label_names, fixed, eval_scales, processor, train_set, eval_set)
+
+
+def side_by_side(args, training_args) -> bool:
+    """Whether the fixed-scale model trains in a second process beside the flexible one (--baseline_side_by_side)."""
+    if args.baseline_side_by_side not in ("auto", "true", "false"):
+        raise ValueError(f"--baseline_side_by_side must be auto, true or false; got {args.baseline_side_by_side!r}")
+    if args.baseline_side_by_side == "auto":
+        return training_args.device.type == "cpu" and training_args.world_size == 1
+    return args.baseline_side_by_side == "true"
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args, training_args = parse_arguments(argv)
     # force: under torchrun the root logger already has a handler, which would make basicConfig a no-op
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
     set_seed(training_args.seed)
     device = training_args.device  # sets up the process group: rank and world size are 0 and 1 before it
-    if device.type == "cpu" and (args.cpu_threads or training_args.world_size == 1):
-        # before the first scan call, so numba's pool is sized to match (selective_scan_numba)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(args.cpu_threads or cores)
-    logger.info("process rank %d of world size %d (local rank %d, node rank %d) on %s with %d torch threads",
-                training_args.process_index, training_args.world_size, training_args.local_process_index,
-                int(os.environ.get("GROUP_RANK", 0)), device, torch.get_num_threads())
-
+    numerics = portable_numerics.requested_mode(argv) if device.type == "cpu" else "native"
+    numerics_description = portable_numerics.finish_after_torch(numerics)
     manifest = load_manifest(args, training_args)
     train_rows, eval_rows = manifest[args.train_split], manifest[args.eval_split]
     label_feature = train_rows.features["label"]
     label_names = label_feature.names if hasattr(label_feature, "names") else sorted(set(train_rows["label_name"]))
     model = build_model(args, label_names)
     config = model.config
+    fixed = baseline_scale(args, config)
+    beside = bool(fixed) and side_by_side(args, training_args)
+    threads = None
+    if device.type == "cpu" and (args.cpu_threads or training_args.world_size == 1):
+        # before the first scan call, so numba's pool is sized to match (selective_scan_numba); two processes side
+        # by side take half the cores each (portable numerics: one each, on any machine)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        default = portable_numerics.THREADS if numerics == "portable" else cores
+        threads = args.cpu_threads or (max(1, default // 2) if beside else default)
+        torch.set_num_threads(threads)
+    logger.info("process rank %d of world size %d (local rank %d, node rank %d) on %s with %d torch threads",
+                training_args.process_index, training_args.world_size, training_args.local_process_index,
+                int(os.environ.get("GROUP_RANK", 0)), device, torch.get_num_threads())
+    if device.type == "cpu":
+        logger.info("CPU numerics: %s", numerics_description)
+
     grid = config.grid_size
     scale_sampler = ScaleSampler(args.variant, frames=args.train_frames, resolutions=args.train_resolutions,
                                  patch_sizes=args.train_patch_sizes, grid=grid, seed=training_args.seed)
     eval_scales = [Scale(f, r, resolve_patch_size(config, r, r)) for f in args.eval_frames for r in args.eval_resolutions]
     processor = StretchySnakeVideoProcessor(num_frames=max(args.train_frames), resolution=config.image_size,
                                             decoder=args.decoder)
-    train_set = VideoClipDataset(train_rows, processor, training=True, decoder=args.decoder)
-    eval_set = VideoClipDataset(eval_rows, processor, training=False, decoder=args.decoder)
-    fixed = baseline_scale(args, config)
+    train_set, eval_set = clip_datasets(args, processor, train_rows, eval_rows)
     logger.info("model %s/%d layers, %.2fM parameters; %s; %d train / %d eval videos; eval grid %s; fixed-scale "
                 "comparison: %s", config.hidden_size, config.num_hidden_layers, model.num_parameters() / 1e6,
                 scale_sampler, len(train_set), len(eval_set), [str(s) for s in eval_scales],
-                f"{fixed[0]}x{fixed[1]}" if fixed else "none")
+                f"{fixed[0]}x{fixed[1]}{' (in a second process, side by side)' if beside else ''}" if fixed else "none")
     logger.info("evaluation protocol: %d clip(s) x %d crop(s) per video, shortest-side resize + crop, top-1/top-5/"
                 "mean class accuracy per frames x resolution", args.eval_clips, args.eval_crops)
 
     output_dir = Path(training_args.output_dir)
-    trainer, metrics = train_and_evaluate(args, training_args, model, scale_sampler, eval_scales, processor,
-                                          train_set, eval_set)
-    runs = {args.variant: (trainer, trainer.last_scale_results)}
-    if fixed:
-        # The paper's "vanilla" baseline: same size, data, steps and optimiser, one scale, and the usual fixed
-        # patch size (static patches): at other resolutions the token grid grows or shrinks and the position
-        # embedding is interpolated, the way a fixed-scale checkpoint is used elsewhere.
-        fixed_args = dataclasses.replace(training_args, output_dir=str(output_dir / "fixed_scale"))
-        set_seed(training_args.seed)
-        fixed_model = build_model(args, label_names, scale_mode="static_patches")
-        fixed_config = fixed_model.config
-        fixed_sampler = ScaleSampler("static_patches", frames=[fixed[0]], resolutions=[fixed[1]],
-                                     patch_sizes=[fixed_config.patch_size], seed=training_args.seed)
-        fixed_scales = [Scale(s.frames, s.resolution, resolve_patch_size(fixed_config, s.resolution, s.resolution))
-                        for s in eval_scales]
-        fixed_trainer, _ = train_and_evaluate(args, fixed_args, fixed_model, fixed_sampler, fixed_scales, processor,
+    with contextlib.ExitStack() as stack:
+        fixed_future = None
+        if beside:
+            pool = stack.enter_context(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
+            fixed_future = pool.submit(train_fixed_scale_in_this_process, argv, fixed, eval_scales, label_names,
+                                       processor, threads or 1)
+        trainer, metrics = train_and_evaluate(args, training_args, model, scale_sampler, eval_scales, processor,
                                               train_set, eval_set)
-        runs[f"fixed {fixed[0]}x{fixed[1]}"] = (fixed_trainer, fixed_trainer.last_scale_results)
+        runs = {args.variant: TrainedModel.of(trainer, train_set, eval_set)}
+        if fixed:
+            runs[f"fixed {fixed[0]}x{fixed[1]}"] = fixed_future.result() if beside else train_fixed_scale(
+                args, training_args, label_names, fixed, eval_scales, processor, train_set, eval_set)
     unreadable = trainer.unreadable_videos(train_set, eval_set)  # collective: every process takes part
+    unreadable = sorted(set(unreadable).union(*(run.unreadable for run in runs.values())))
     if trainer.is_world_process_zero():
-        results = trainer.last_scale_results
-        paths = write_results(results, output_dir, title=f"{args.variant}: top-1 (%)",
-                              grid_metrics=trainer.last_grid_metrics)
-        log_histories = {name: run[0].state.log_history for name, run in runs.items()}
+        paths = write_results(runs[args.variant].scale_results, output_dir, title=f"{args.variant}: top-1 (%)",
+                              grid_metrics=runs[args.variant].grid_metrics)
+        log_histories = {name: run.log_history for name, run in runs.items()}
         (output_dir / "training_log.json").write_text(json.dumps(log_histories, indent=1))
         plot_training_curves(log_histories, output_dir / "training_curve.png")
         print(f"\nsaved model: {output_dir / 'final'}\nresults: {paths['csv']} (evaluate: {paths['evaluate']}), "
@@ -290,20 +382,25 @@ def main(argv: list[str] | None = None) -> dict:
               f"(logged values: {output_dir / 'training_log.json'})")
         print(f"unreadable videos skipped: {len(unreadable)} distinct file(s) over all processes"
               + (f": {unreadable}" if unreadable else ""))
-        for name, (_, grid_results) in runs.items():
+        if train_set.clip_cache is not None:
+            cache = train_set.clip_cache
+            print(f"decoded clips served from memory (--clip_cache_gb): {cache.hits} of {cache.hits + cache.misses} "
+                  f"requests in this process, {cache.bytes / 2**30:.2f} GB kept")
+        for name, run in runs.items():
             views = "" if (args.eval_clips, args.eval_crops) == (1, 1) else \
                 f", {args.eval_clips} clips x {args.eval_crops} crops per video"
             print(f"\ntop-1 accuracy (%) over frames x resolution, {name}{views}, chance {100 / len(label_names):.1f}%:"
-                  f"\n{format_table(grid_results)}")
+                  f"\n{format_table(run.scale_results)}")
         if fixed:
             comparison = output_dir / "scale_grid_comparison.png"
-            plot_heatmaps({name: grid_results for name, (_, grid_results) in runs.items()}, comparison)
-            write_results(runs[f"fixed {fixed[0]}x{fixed[1]}"][1], output_dir / "fixed_scale",
-                          title=f"fixed {fixed[0]}x{fixed[1]}: top-1 (%)",
-                          grid_metrics=runs[f"fixed {fixed[0]}x{fixed[1]}"][0].last_grid_metrics)
+            plot_heatmaps({name: run.scale_results for name, run in runs.items()}, comparison)
+            fixed_run = runs[f"fixed {fixed[0]}x{fixed[1]}"]
+            write_results(fixed_run.scale_results, output_dir / "fixed_scale", title=f"fixed {fixed[0]}x{fixed[1]}: "
+                          "top-1 (%)", grid_metrics=fixed_run.grid_metrics)
             print(f"\nfixed-scale model: {output_dir / 'fixed_scale' / 'final'}; both grids: {comparison}")
     end_processes()
     return metrics
+
 
 if __name__ == "__main__":
     run_cli(main)

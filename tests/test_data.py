@@ -3,9 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from modeling_stretchysnake.training.data import (
     ClipView,
+    DecodedClipCache,
     FixedScaleBatchSampler,
     MultiScaleBatchSampler,
     VideoClipDataset,
@@ -147,6 +149,35 @@ def test_dataset_decodes_at_the_requested_scale(manifest):
     assert batch["labels"].tolist() == [0, 2] and batch["patch_size"] == 2
     with pytest.raises(ValueError, match="mixes patch sizes"):
         collate_clips([dataset[(0, 2, 28, 2)], dataset[(1, 2, 28, 4)]])
+
+
+def test_decoded_clips_are_served_from_memory_at_the_same_scale_and_view(manifest, monkeypatch):
+    """A video asked for again at a scale (and, in evaluation, a view) it was decoded at comes from the cache: the
+    same pixels, no decode; another scale, view or mode decodes; past the byte budget the least recent clip goes."""
+    from modeling_stretchysnake.training import data
+
+    decodes = []
+    real_read = data.read_video
+    monkeypatch.setattr(data, "read_video", lambda *args, **kwargs: decodes.append(args[1:3]) or real_read(*args,
+                                                                                                        **kwargs))
+    cache = DecodedClipCache(max_bytes=2**20)
+    train = VideoClipDataset(manifest["train"], StretchySnakeVideoProcessor(), training=True, clip_cache=cache)
+    uncached = VideoClipDataset(manifest["train"], StretchySnakeVideoProcessor(), training=True)
+    first = train[(0, 4, 28, 2)]["pixel_values"]
+    assert len(decodes) == 1 and torch.equal(train[(0, 4, 28, 2)]["pixel_values"], first)
+    assert len(decodes) == 1 and (cache.hits, cache.misses) == (1, 1)
+    assert torch.equal(uncached[(0, 4, 28, 2)]["pixel_values"], first)  # what a decode gives
+    train[(0, 2, 28, 2)], train[(0, 4, 32, 2)]  # other frames, another resolution: decoded
+    evaluation = VideoClipDataset(manifest["train"], StretchySnakeVideoProcessor(), training=False, clip_cache=cache,
+                                  view=ClipView(1, 2))
+    evaluation[(0, 4, 28, 2)]  # evaluation's resize and view: decoded
+    assert len(decodes) == 5 and len(cache._clips) == 4
+
+    small = DecodedClipCache(max_bytes=2 * 4 * 28 * 28 * 3)  # two clips of 4 frames at 28 px
+    train.clip_cache = small
+    for index in (0, 1, 0, 2):  # 0 is used again before 2 arrives: 1 is the least recent and goes
+        train[(index, 4, 28, 2)]
+    assert set(small._clips) == {(0, 4, 28, True, 0, 1), (2, 4, 28, True, 0, 1)} and small.bytes <= small.max_bytes
 
 
 def test_multi_view_evaluation_takes_different_clips_and_crops(tmp_path):

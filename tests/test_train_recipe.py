@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, script_env
 from modeling_stretchysnake.training.synthetic_actions import generate_action_dataset
 
 TINY_RUN = [
@@ -123,6 +123,55 @@ def test_a_single_cpu_process_uses_every_core(manifest_dir, tmp_path):
     pinned = run_script([sys.executable, str(ROOT / "recipes" / "train.py"), "--manifest", str(manifest_dir),
                          "--output_dir", str(tmp_path / "out1"), "--baseline", "none", *TINY_RUN], tmp_path)
     assert "with 1 torch threads" in pinned.stderr
+
+
+def test_cpu_numerics_default_to_portable_on_the_generated_data_only(tmp_path):
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import portable_numerics
+
+    assert portable_numerics.requested_mode([]) == "portable"  # the main job
+    assert portable_numerics.requested_mode(["--manifest", "m"]) == "native"
+    assert portable_numerics.requested_mode(["--manifest=m", "--cpu_numerics", "portable"]) == "portable"
+    assert portable_numerics.requested_mode(["--cpu_numerics=native"]) == "native"
+    config = tmp_path / "c.yaml"
+    config.write_text("manifest: manifests/ucf101\n")
+    assert portable_numerics.requested_mode(["--config", str(config)]) == "native"
+    with pytest.raises(SystemExit, match="cpu_numerics must be one of"):
+        portable_numerics.requested_mode(["--cpu_numerics", "fast"])
+
+
+def test_portable_numerics_pin_torch_and_mkl_before_torch_loads():
+    """In a fresh process: torch's AVX2 kernels on any CPU that has AVX2 (this one may have AVX-512), MKL's
+    cross-vendor branch, oneDNN off; a user's own setting wins."""
+    import subprocess
+
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("portable numerics are for x86-64 CPUs with AVX2")
+    script = ("import os, sys; sys.path.insert(0, 'recipes'); import portable_numerics as p; "
+              "mode = p.apply_before_torch(sys.argv[1:]); import torch; print(p.finish_after_torch(mode)); "
+              "print(torch.backends.cpu.get_cpu_capability(), os.environ.get('MKL_CBWR'), "
+              "torch.backends.mkldnn.enabled)")
+    env = {key: value for key, value in script_env().items() if key not in portable_numerics_names()}
+    portable = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert portable.returncode == 0, portable.stderr[-2000:]
+    assert portable.stdout.split()[-3:] == ["AVX2", "COMPATIBLE", "False"], portable.stdout
+    assert "the same bits on any x86-64 CPU" in portable.stdout and "not in effect" not in portable.stdout
+    native = subprocess.run([sys.executable, "-c", script, "--manifest", "m"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert native.stdout.split()[-3:] == [torch.backends.cpu.get_cpu_capability(), "None", "True"], native.stdout
+    own = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**env, "MKL_CBWR": "AVX2"},
+                         capture_output=True, text=True, timeout=300)
+    assert own.stdout.split()[-2] == "AVX2" and "not in effect" in own.stdout, own.stdout
+
+
+def portable_numerics_names():
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import portable_numerics
+
+    return set(portable_numerics.ENVIRONMENT)
 
 
 def test_help_states_the_real_grid_and_the_baseline_default():

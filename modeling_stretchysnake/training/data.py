@@ -125,6 +125,39 @@ class FixedScaleBatchSampler(torch.utils.data.Sampler):
             yield [(i, s.frames, s.resolution, s.patch_size) for i in self.indices[first : first + self.batch_size]]
 
 
+class DecodedClipCache:
+    """Decoded clips (the decoder's uint8 frames, before normalisation) kept in memory, the least recently used
+    dropped past `max_bytes`. Training decodes a clip at the step's scale, which no augmentation changes afterwards,
+    so a video drawn again at a scale it was decoded at is served from here: the same frames without the decode.
+    Worth it where the decoded clips fit in memory, as the generated data's do (about 1 GB for the main job's
+    flexible model, 0.1 GB for its fixed-scale one); each DataLoader worker keeps its own."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._clips: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+
+    def get(self, key: tuple):
+        clip = self._clips.get(key)
+        if clip is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._clips.move_to_end(key)
+        return clip
+
+    def put(self, key: tuple, clip) -> None:
+        size = clip.nbytes
+        if size > self.max_bytes:
+            return
+        self._clips[key] = clip
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self.bytes -= self._clips.popitem(last=False)[1].nbytes
+
+
 @dataclass
 class ClipView:
     """Which view of a video to take in multi-view evaluation: temporal clip i of n (`sample_frame_indices`: the
@@ -150,16 +183,19 @@ class VideoClipDataset(torch.utils.data.Dataset):
         decoder: 'auto' (decord then PyAV for 'squash' requests, PyAV then decord for 'shortest'; see
             `read_video`), 'decord' or 'pyav'.
         max_replacements: how many following videos to try in place of an unreadable one.
+        clip_cache: a `DecodedClipCache` that keeps decoded clips for when the same video is asked for at the same
+            scale and view again (shared with the dataset's copies, as the evaluation views are), or None.
     """
 
     def __init__(self, manifest, processor, training: bool = True, view: ClipView | None = None,
-                 decoder: str = "auto", max_replacements: int = 20):
+                 decoder: str = "auto", max_replacements: int = 20, clip_cache: DecodedClipCache | None = None):
         self.manifest = manifest
         self.processor = processor
         self.training = training
         self.view = view or ClipView()
         self.decoder = decoder
         self.max_replacements = max_replacements
+        self.clip_cache = clip_cache
         self.failures: collections.Counter[str] = collections.Counter()
 
     def __len__(self) -> int:
@@ -173,10 +209,16 @@ class VideoClipDataset(torch.utils.data.Dataset):
         `view.num_clips` (`sample_frame_indices`), spatial crop `view.crop` of `view.num_crops`."""
         row = self.row(index)
         view = self.view
-        clip = read_video(
-            row["video"], frames, resolution, "squash" if self.training else "shortest", row.get("start"),
-            row.get("end"), row.get("time_unit") or "frames", self.decoder, clip=view.clip, num_clips=view.num_clips,
-        )
+        key = (int(index), frames, resolution, self.training, view.clip, view.num_clips)
+        clip = self.clip_cache.get(key) if self.clip_cache is not None else None
+        if clip is None:
+            clip = read_video(
+                row["video"], frames, resolution, "squash" if self.training else "shortest", row.get("start"),
+                row.get("end"), row.get("time_unit") or "frames", self.decoder, clip=view.clip,
+                num_clips=view.num_clips,
+            )
+            if self.clip_cache is not None:
+                self.clip_cache.put(key, clip)
         return self.processor.prepare_frames(
             clip, resolution, training=self.training, crop=view.crop, num_crops=view.num_crops
         )
