@@ -45,8 +45,6 @@ PROBE = textwrap.dedent(
     import numpy as np
     import torch
     sys.path[:0] = [sys.argv[2], os.path.join(sys.argv[2], "recipes")]
-    import portable_numerics
-    portable_numerics.finish_after_torch(sys.argv[3])
     torch.set_num_threads(1)
     from modeling_stretchysnake import StretchySnakeConfig, StretchySnakeForVideoClassification
     from modeling_stretchysnake import StretchySnakeVideoProcessor
@@ -100,7 +98,7 @@ def run_probe(cpu: str, numerics: str, work: Path, timeout: int) -> dict:
         env.pop(name, None)
     if numerics == "portable":
         env.update(portable_numerics.ENVIRONMENT)
-    command = [sys.executable, "-c", PROBE, str(work), str(ROOT), numerics]
+    command = [sys.executable, "-c", PROBE, str(work), str(ROOT)]
     if CPUS[cpu]:
         command = ["qemu-x86_64", "-cpu", CPUS[cpu], *command]
     shutil.rmtree(work, ignore_errors=True)

@@ -295,7 +295,6 @@ def train_fixed_scale_in_this_process(argv, fixed, eval_scales, label_names, pro
     training_args = dataclasses.replace(training_args, disable_tqdm=True)
     logging.basicConfig(format=f"%(asctime)s %(levelname)s [fixed {fixed[0]}x{fixed[1]}] %(name)s: %(message)s",
                         level=logging.INFO, force=True)
-    portable_numerics.finish_after_torch(portable_numerics.requested_mode(argv))
     torch.set_num_threads(threads)
     manifest = load_manifest(args, training_args)
     train_set, eval_set = clip_datasets(args, processor, manifest[args.train_split], manifest[args.eval_split])
@@ -319,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(training_args.seed)
     device = training_args.device  # sets up the process group: rank and world size are 0 and 1 before it
     numerics = portable_numerics.requested_mode(argv) if device.type == "cpu" else "native"
-    numerics_description = portable_numerics.finish_after_torch(numerics)
+    numerics_description = portable_numerics.describe(numerics)
     manifest = load_manifest(args, training_args)
     train_rows, eval_rows = manifest[args.train_split], manifest[args.eval_split]
     label_feature = train_rows.features["label"]

@@ -142,7 +142,7 @@ def test_cpu_numerics_default_to_portable_on_the_generated_data_only(tmp_path):
 
 def test_portable_numerics_pin_torch_and_mkl_before_torch_loads():
     """In a fresh process: torch's AVX2 kernels on any CPU that has AVX2 (this one may have AVX-512), MKL's
-    cross-vendor branch, oneDNN off; a user's own setting wins."""
+    cross-vendor branch, oneDNN's AVX2 code; a user's own setting wins."""
     import subprocess
 
     import torch
@@ -150,18 +150,18 @@ def test_portable_numerics_pin_torch_and_mkl_before_torch_loads():
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("portable numerics are for x86-64 CPUs with AVX2")
     script = ("import os, sys; sys.path.insert(0, 'recipes'); import portable_numerics as p; "
-              "mode = p.apply_before_torch(sys.argv[1:]); import torch; print(p.finish_after_torch(mode)); "
+              "mode = p.apply_before_torch(sys.argv[1:]); import torch; print(p.describe(mode)); "
               "print(torch.backends.cpu.get_cpu_capability(), os.environ.get('MKL_CBWR'), "
-              "torch.backends.mkldnn.enabled)")
+              "os.environ.get('ONEDNN_MAX_CPU_ISA'))")
     env = {key: value for key, value in script_env().items() if key not in portable_numerics_names()}
     portable = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=300)
     assert portable.returncode == 0, portable.stderr[-2000:]
-    assert portable.stdout.split()[-3:] == ["AVX2", "COMPATIBLE", "False"], portable.stdout
+    assert portable.stdout.split()[-3:] == ["AVX2", "COMPATIBLE", "AVX2"], portable.stdout
     assert "the same bits on any x86-64 CPU" in portable.stdout and "not in effect" not in portable.stdout
     native = subprocess.run([sys.executable, "-c", script, "--manifest", "m"], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=300)
-    assert native.stdout.split()[-3:] == [torch.backends.cpu.get_cpu_capability(), "None", "True"], native.stdout
+    assert native.stdout.split()[-3:] == [torch.backends.cpu.get_cpu_capability(), "None", "None"], native.stdout
     own = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**env, "MKL_CBWR": "AVX2"},
                          capture_output=True, text=True, timeout=300)
     assert own.stdout.split()[-2] == "AVX2" and "not in effect" in own.stdout, own.stdout
