@@ -18,8 +18,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stretchysnake-installed
 TEST_STAMP := $(VENV)/.stretchysnake-test-installed
 LOCK := constraints.txt
-# No bytecode compiled at install (about 10 s of torch's 14 on the 2-core machine): Python compiles what is imported.
-PIP_LOCKED = -m pip install --quiet --no-compile -c $(LOCK)
+PIP_LOCKED = -m pip install --quiet -c $(LOCK)
 
 .PHONY: demo test venv clean-venv lock
 

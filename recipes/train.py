@@ -67,7 +67,7 @@ logger = logging.getLogger("stretchysnake.train")
 EMBEDDED_MODEL = dict(hidden_size=96, num_hidden_layers=4, image_size=56, patch_size=14, num_frames=8,
                       drop_path_rate=0.0, position_embedding_init="sincos", cls_position="ends")
 DEFAULT_TRAINING_FLAGS = [
-    "--output_dir", "outputs/stretchysnake-embedded", "--num_train_epochs", "8", "--per_device_train_batch_size", "8",
+    "--output_dir", "outputs/stretchysnake-embedded", "--num_train_epochs", "6", "--per_device_train_batch_size", "8",
     "--per_device_eval_batch_size", "8", "--learning_rate", "2e-3", "--weight_decay", "0.05",
     "--warmup_steps", "10", "--lr_scheduler_type", "cosine", "--label_smoothing_factor", "0.1",
     "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--seed", "0",
