@@ -19,9 +19,20 @@ def pop_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
     return kept, debug
 
 
+_debugging: bool | None = None  # while run_cli runs a script: whether --debug was given; None in library use
+
+
+def library_warnings_wanted() -> bool:
+    """Whether libraries' own transient warnings (huggingface_hub's download retries) should print: always in library
+    use, with --debug in a console script, whose one error line counts them instead."""
+    return _debugging is not False
+
+
 def run_cli(main, argv: list[str] | None = None):
     """Call ``main(argv)``; an exception becomes ``error: <message>`` on stderr and exit status 1."""
+    global _debugging
     argv, debug = pop_debug_flag(list(sys.argv[1:] if argv is None else argv))
+    _debugging = debug
     try:
         return main(argv)
     except KeyboardInterrupt:

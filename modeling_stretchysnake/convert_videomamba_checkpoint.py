@@ -18,6 +18,7 @@ conversion with the list of keys: nothing is silently dropped except the `clip_d
 
 from __future__ import annotations
 
+import _compat_pickle
 import logging
 import math
 import re
@@ -75,15 +76,28 @@ def checkpoint_safe_globals() -> list:
     return allowed
 
 
+# torch's two wordings for a global a weights-only load refuses: one not allowlisted, one of a blocked module (os,
+# subprocess, ...: "GLOBAL posix.system whose module posix is blocked")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) (?:was not an allowed global|whose module)")
+
+
 def _refused_globals(path, error: Exception) -> list[str]:
-    """The globals a weights-only load refused in `path` (besides those allowed), from the file or the message."""
+    """The globals a weights-only load refused in `path` (besides those allowed), from the file or the message;
+    a name pickled under its Python 2 module (protocol 2 writes subprocess.Popen as commands.Popen) with its own."""
     allowed = {entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}"
                for entry in checkpoint_safe_globals()}
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001 - an older torch, or a file it cannot list: read the message instead
-        found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-    return [name for name in found if name not in allowed]
+        found = _REFUSED_GLOBAL.findall(str(error))
+    names = []
+    for name in found:
+        if name in allowed:
+            continue
+        module, _, attribute = name.rpartition(".")
+        python3 = _compat_pickle.IMPORT_MAPPING.get(module)
+        names.append(f"{name} ({python3}.{attribute})" if python3 and python3 != module else name)
+    return names
 
 
 def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -95,7 +109,7 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals(checkpoint_safe_globals()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - bytes that are no checkpoint fail in many ways (pickle, zip, utf-8)
-        refused = _refused_globals(path, error) if "Unsupported global" in str(error) else []
+        refused = _refused_globals(path, error) if _REFUSED_GLOBAL.search(str(error)) else []
         if refused:
             raise ConversionError(
                 f"{path} holds {', '.join(refused)}, which a safe load (weights_only) does not build: keep only its "
@@ -148,6 +162,11 @@ def convert_state_dict(official: dict[str, torch.Tensor]) -> tuple[dict[str, tor
 def config_from_state_dict(state_dict: dict[str, torch.Tensor], **overrides) -> StretchySnakeConfig:
     """Read the architecture off the converted tensors; `overrides` (e.g. num_labels, id2label) win."""
     kernel = state_dict["stretchysnake.embeddings.patch_embeddings.weight"]  # (D, C, 1, p, p)
+    if kernel.shape[2] != 1:
+        raise ConversionError(
+            f"its patch embedding spans {kernel.shape[2]} frames (a tubelet kernel of shape "
+            f"{tuple(kernel.shape)}), and StretchySnake embeds each frame on its own, as VideoMamba's released video "
+            f"checkpoints do (kernel_size=1): convert one of those (the model zoo in the README)")
     positions = state_dict["stretchysnake.embeddings.position_embeddings"].shape[1] - 1
     grid = math.isqrt(positions)
     if grid * grid != positions:
@@ -184,7 +203,10 @@ def convert_checkpoint(
         raise ConversionError(f"Checkpoint keys that map to no StretchySnake weight: {sorted(unexpected)}")
     if dropped:
         logger.info("Dropped %d keys not used for classification: %s", len(dropped), sorted(dropped)[:5])
-    config = config_from_state_dict(converted, **config_overrides)
+    try:
+        config = config_from_state_dict(converted, **config_overrides)
+    except ConversionError as error:
+        raise ConversionError(f"{checkpoint_path}: {error}") from None
     new_head = "classifier.weight" in converted and converted["classifier.weight"].shape[0] != config.num_labels
     if new_head:  # a different label set asked for: start a fresh head
         for key in HEAD_TARGETS:

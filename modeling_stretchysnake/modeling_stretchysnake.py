@@ -7,6 +7,7 @@ gradients of all scales land on the same base weights.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from .resizing import resample_spatial_pos_embed, resample_temporal_pos_embed, r
 from .bidirectional_mixer import bidirectional_mixer_fused, bidirectional_mixer_mamba_ssm
 from .selective_scan import load_mamba_inner_fn, resolve_scan_backend, selective_scan
 from .selective_scan_fused import compute_dtype
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -328,7 +331,27 @@ class StretchySnakePreTrainedModel(PreTrainedModel):
                 from .pipeline_stretchysnake import CUSTOM_PIPELINES
 
                 self.config.custom_pipelines = CUSTOM_PIPELINES
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        self._save_default_processor(save_directory, kwargs.get("is_main_process", True))
+        return result
+
+    def _save_default_processor(self, save_directory, is_main_process: bool) -> None:
+        """A folder without a video processor gets one at the model's base scale (its stored frames and resolution),
+        so `pipeline("video-classification", model=folder)` and AutoVideoProcessor work on it: a processor saved
+        into the folder afterwards (as the recipes and the README do) replaces it, one saved before is kept."""
+        import os
+
+        from transformers.utils import VIDEO_PROCESSOR_NAME
+
+        folder = os.fspath(save_directory)
+        if not is_main_process or os.path.exists(os.path.join(folder, VIDEO_PROCESSOR_NAME)):
+            return
+        from .video_processing_stretchysnake import StretchySnakeVideoProcessor
+
+        StretchySnakeVideoProcessor(num_frames=self.config.num_frames,
+                                    resolution=self.config.image_size).save_pretrained(folder)
+        logger.info("saved a video processor at the model's base scale (%d frames, %d px) beside it, for pipeline(): "
+                    "save your own into %s to replace it", self.config.num_frames, self.config.image_size, folder)
 
     @torch.no_grad()
     def _init_weights(self, module):

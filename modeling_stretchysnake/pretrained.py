@@ -20,6 +20,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cli import library_warnings_wanted, run_cli
 from .configuration_stretchysnake import KERNEL_RESIZE_MODES, SCALE_MODES
 from .convert_videomamba_checkpoint import (
     ConversionError,
@@ -73,6 +74,9 @@ def download(checkpoint: HubCheckpoint, token: str | bool | None = None, force_d
     transfer_errors = (getattr(errors, "HTTPError", OSError), OSError)  # the HTTP client's base error, or OSError
 
     where = f"{checkpoint.filename!r} from the Hub repository {checkpoint.repo_id!r}"
+    attempts = _DownloadAttempts(silence=not library_warnings_wanted())
+    hub_logger = logging.getLogger("huggingface_hub.file_download")
+    hub_logger.addFilter(attempts)
     try:
         return Path(hf_hub_download(checkpoint.repo_id, checkpoint.filename, revision=checkpoint.revision,
                                     token=token, force_download=force_download))
@@ -90,25 +94,49 @@ def download(checkpoint: HubCheckpoint, token: str | bool | None = None, force_d
     except transfer_errors as error:  # e.g. the connection dropped on every retry
         first_line = str(error).strip().split("\n")[0]
         raise ConversionError(f"cannot download {where} (revision {checkpoint.revision or 'main'}): "
-                              f"{type(error).__name__}: {first_line}{_bytes_received(checkpoint, token, error)}") from None
+                              f"{type(error).__name__}: {first_line}"
+                              f"{_bytes_received(checkpoint, token, attempts.errors or [str(error)])}") from None
+    finally:
+        hub_logger.removeFilter(attempts)
 
 
-def _bytes_received(checkpoint: HubCheckpoint, token, error: Exception) -> str:
-    """How far an interrupted download got, from the file's size on the Hub and the last request's count
-    ("received R bytes, expected E": E is what remained after huggingface_hub's resumes), or '' if unknown."""
+class _DownloadAttempts(logging.Filter):
+    """huggingface_hub's warnings of a download's failed requests ("Error while downloading from URL: ERROR ...
+    Trying to resume download" / "Max retries exceeded"): kept, for the error to count them, and with `silence`
+    not printed (console scripts: one error line; --debug prints them)."""
+
+    def __init__(self, silence: bool):
+        super().__init__()
+        self.silence = silence
+        self.errors: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Error while downloading from "):
+            return True
+        self.errors.append(message)
+        return not self.silence
+
+
+def _bytes_received(checkpoint: HubCheckpoint, token, failed_requests: list[str]) -> str:
+    """How far an interrupted download got at most, from the file's size on the Hub and each failed request's count
+    ("received R bytes, expected E": E is what remained when that request resumed), and how many requests failed;
+    '' if unknown."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    counts = re.search(r"received (\d+) bytes, expected (\d+)", str(error))
+    counts = [tuple(int(value) for value in found.groups()) for text in failed_requests
+              if (found := re.search(r"received (\d+) bytes, expected (\d+)", text))]
     try:
         size = get_hf_file_metadata(hf_hub_url(checkpoint.repo_id, checkpoint.filename, revision=checkpoint.revision),
                                     token=token).size
     except Exception:  # noqa: BLE001 - the Hub cannot say either: report the download error alone
         return ""
-    if counts is None or size is None:
+    if not counts or size is None:
         return ""
-    received, remaining = (int(value) for value in counts.groups())
-    return (f"; {size - remaining + received:,} of {size:,} bytes arrived (huggingface_hub resumed after each drop "
-            f"and keeps no partial file): run it again to download it anew")
+    arrived = max(size - remaining + received for received, remaining in counts)
+    return (f"; at most {arrived:,} of {size:,} bytes arrived, {len(failed_requests)} requests dropped "
+            f"(huggingface_hub resumes from the last whole chunk it wrote and keeps no partial file): run it again "
+            f"to download it anew")
 
 
 def _cache_checksum(path: Path) -> str:
@@ -280,8 +308,6 @@ def convert_main(argv: list[str] | None = None) -> None:
 
 def convert_cli() -> None:
     """`stretchysnake-convert-videomamba`: any error is one line on stderr and exit status 1 (--debug: traceback)."""
-    from .cli import run_cli
-
     run_cli(convert_main)
 
 

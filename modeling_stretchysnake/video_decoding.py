@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 import numpy as np
 import torch
@@ -216,6 +217,14 @@ def _decord_available() -> bool:
     return True
 
 
+def _pyav_available() -> bool:
+    try:
+        import_decoder("av")
+    except ImportError:
+        return False
+    return True
+
+
 def read_video(
     path,
     num_frames: int,
@@ -250,11 +259,18 @@ def read_video(
     def sample(times: np.ndarray) -> np.ndarray:  # times: the frames' presentation times (seconds)
         return segment_indices(times, num_frames, start, end, time_unit, frame_sampling_rate, clip, num_clips)
 
+    if "://" not in str(path) and not os.path.exists(path):  # URLs go to the decoders as they are
+        raise VideoDecodeError(f"cannot decode {path}: no such file")
     readers = []
     if backend in ("auto", "decord") and _decord_available():
         readers.append(_read_decord)
-    if backend in ("auto", "pyav"):
+    if backend in ("auto", "pyav") and _pyav_available():
         readers.append(_read_pyav)
+    if backend == "pyav" and not readers:
+        raise ImportError(f"cannot decode {path}: PyAV is not installed (pip install av)")
+    if not readers and backend == "auto":
+        raise ImportError(f"cannot decode {path}: no video decoder is installed: pip install av (PyAV), or the "
+                          "package's video extra, pip install 'stretchysnake[video]' (PyAV and decord)")
     if backend == "auto" and resize == "shortest":
         # measured (bench/decoding.py, bench/RESULTS.md): for aspect-keeping requests PyAV was 1.6-1.7x faster on
         # H.264 files and decord held 75-790 MB more (it opens the file twice, once at full size to learn its size);

@@ -130,6 +130,20 @@ def test_shape_mismatch_fails(official, tmp_path):
         convert_checkpoint(tmp_path / "bad.pth")
 
 
+def test_a_tubelet_checkpoint_is_refused_in_one_line(tmp_path):
+    """VideoMamba's code can train with kernel_size=2 (a (D, 3, 2, 16, 16) patch kernel spanning two frames): one
+    line saying what the file holds and what the model supports, not torch's size-mismatch report."""
+    tubelet = official_tiny_state_dict(depth=2, dim=32)
+    tubelet["patch_embed.proj.weight"] = torch.zeros(32, 3, 2, 16, 16)
+    torch.save(tubelet, tmp_path / "tubelet.pth")
+    with pytest.raises(ConversionError) as caught:
+        convert_checkpoint(tmp_path / "tubelet.pth")
+    message = str(caught.value)
+    assert "\n" not in message and "tubelet.pth: its patch embedding spans 2 frames" in message, message
+    assert "(32, 3, 2, 16, 16)" in message
+    assert "kernel_size=1" in message and "size mismatch" not in message
+
+
 def test_image_checkpoint_with_2d_kernel_and_no_temporal_embedding(official, tmp_path):
     state = dict(official)
     state["patch_embed.proj.weight"] = state["patch_embed.proj.weight"][:, :, 0]
@@ -166,6 +180,44 @@ def test_other_objects_are_refused_by_name(tmp_path):
     torch.save({"model": {"x": object()}}, tmp_path / "object.pth")
     with pytest.raises(ConversionError, match="holds builtins.object"):
         load_official_state_dict(tmp_path / "object.pth")
+
+
+class _Runs:
+    """Pickles as a call of `function` on `arguments` (what a malicious checkpoint does through __reduce__)."""
+
+    def __init__(self, function, *arguments):
+        self.function, self.arguments = function, arguments
+
+    def __reduce__(self):
+        return self.function, self.arguments
+
+
+def malicious_checkpoints(folder):
+    """Checkpoints whose pickle calls os.system, subprocess.Popen or eval, each of which would create a marker file
+    in `folder`: {file name: what the message must name}."""
+    import builtins
+    import os
+    import subprocess
+
+    marker = folder / "it ran"
+    calls = {"system.pth": (_Runs(os.system, f"touch '{marker}'"), "posix.system"),
+             "popen.pth": (_Runs(subprocess.Popen, ["touch", str(marker)]), "subprocess.Popen"),
+             "eval.pth": (_Runs(builtins.eval, f"open({str(marker)!r}, 'w')"), "builtins.eval")}
+    for name, (call, _) in calls.items():
+        torch.save({"model": {"x": torch.zeros(1)}, "epoch": call}, folder / name)
+    return {name: named for name, (_, named) in calls.items()}
+
+
+def test_a_file_that_calls_a_blocked_module_is_refused_by_name_and_nothing_runs(tmp_path):
+    """torch words a global of a blocked module (os, subprocess) otherwise than one not allowlisted ("GLOBAL
+    posix.system whose module posix is blocked"); both are the refused-global message, never 'not a checkpoint'."""
+    for name, named in malicious_checkpoints(tmp_path).items():
+        with pytest.raises(ConversionError, match="holds ") as caught:
+            load_official_state_dict(tmp_path / name)
+        message = str(caught.value)
+        assert f"{name} holds " in message and named in message and "a safe load" in message, message
+        assert not isinstance(caught.value, NotACheckpointError) and "\n" not in message
+    assert not (tmp_path / "it ran").exists()
 
 
 def test_files_that_are_no_checkpoint_say_so_in_one_line(tmp_path):

@@ -266,7 +266,7 @@ def test_token_budget_batches_follow_the_scale_and_ranks_agree():
 
 
 @pytest.mark.parametrize("resize,first", [("squash", "decord"), ("shortest", "pyav")])
-def test_auto_decoder_order_follows_the_request(monkeypatch, resize, first):
+def test_auto_decoder_order_follows_the_request(monkeypatch, tmp_path, resize, first):
     """'auto' tries the decoder measured faster for the request first (bench/decoding.py) and falls back on the
     other."""
     from modeling_stretchysnake import video_decoding as decoding
@@ -284,5 +284,6 @@ def test_auto_decoder_order_follows_the_request(monkeypatch, resize, first):
     monkeypatch.setattr(decoding, "_decord_available", lambda: True)
     monkeypatch.setattr(decoding, "_read_decord", recorder("decord", fail=first == "decord"))
     monkeypatch.setattr(decoding, "_read_pyav", recorder("pyav", fail=first == "pyav"))
-    decoding.read_video("clip.mp4", 2, 8, resize)
+    (tmp_path / "clip.mp4").write_bytes(b"")  # the readers are stand-ins; the file must exist
+    decoding.read_video(tmp_path / "clip.mp4", 2, 8, resize)
     assert calls == [first, {"decord": "pyav", "pyav": "decord"}[first]]

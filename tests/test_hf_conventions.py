@@ -207,6 +207,27 @@ def test_problem_types_choose_the_loss():
     torch.testing.assert_close(single(pixel_values, labels=soft).loss, F.cross_entropy(outputs.logits, soft))
 
 
+def test_a_model_saved_alone_runs_in_the_pipeline(model, tmp_path):
+    """save_pretrained writes a video processor at the model's base scale where the folder has none, so the first
+    pipeline() works; a processor saved afterwards replaces it, one saved before is kept."""
+    import json
+
+    from transformers import pipeline
+    from transformers.utils import VIDEO_PROCESSOR_NAME
+
+    model.save_pretrained(tmp_path / "alone")
+    saved = json.loads((tmp_path / "alone" / VIDEO_PROCESSOR_NAME).read_text())
+    assert (saved["num_frames"], saved["resolution"]) == (model.config.num_frames, model.config.image_size)
+    clip = ramp_clip(tmp_path / "clip.mp4", 1)
+    results = pipeline("video-classification", model=str(tmp_path / "alone"), trust_remote_code=True)(str(clip))
+    assert len(results) == model.config.num_labels and all(0 <= r["score"] <= 1 for r in results)
+    StretchySnakeVideoProcessor(num_frames=3, resolution=24).save_pretrained(tmp_path / "alone")  # after: replaces
+    assert json.loads((tmp_path / "alone" / VIDEO_PROCESSOR_NAME).read_text())["num_frames"] == 3
+    StretchySnakeVideoProcessor(num_frames=5, resolution=40).save_pretrained(tmp_path / "first")  # before: kept
+    model.save_pretrained(tmp_path / "first")
+    assert json.loads((tmp_path / "first" / VIDEO_PROCESSOR_NAME).read_text())["num_frames"] == 5
+
+
 def test_multi_label_model_through_the_pipeline_uses_sigmoid(tmp_path):
     from transformers import pipeline
 

@@ -165,6 +165,38 @@ def test_a_core_install_converts_saves_loads_runs_and_processes(tmp_path):
     assert result.stdout.split("\n")[:2] == ["(1, 4, 3, 32, 32) (1, 5)", "(1, 8, 3, 64, 64) (1, 5)"], result.stdout
 
 
+def test_a_core_install_meets_a_video_file_and_says_what_to_install(tmp_path):
+    """The core install has no video decoder (PyAV and decord are the `video` extra): a video file gets one line
+    saying so and how to install one; a path that does not exist says that first."""
+    import numpy as np
+
+    from modeling_stretchysnake.training.synthetic_actions import write_video
+
+    write_video(tmp_path / "clip.mp4", np.zeros((4, 16, 16, 3), np.uint8))
+    result = run_without_training("""
+        import importlib.util, sys
+        decoder = lambda name: name.split(".")[0] in ("av", "decord")
+        class NoDecoders:
+            def find_spec(self, name, path=None, target=None):
+                if decoder(name):
+                    raise ModuleNotFoundError(f"No module named {name!r}")
+        sys.meta_path.insert(0, NoDecoders())
+        find_spec = importlib.util.find_spec
+        importlib.util.find_spec = lambda name, package=None: None if decoder(name) else find_spec(name, package)
+        from modeling_stretchysnake import StretchySnakeVideoProcessor
+        processor = StretchySnakeVideoProcessor(num_frames=2, resolution=16)
+        for video in ("missing.mp4", "clip.mp4"):
+            try:
+                processor(video)
+            except Exception as error:
+                print(type(error).__name__, "|", error)
+        """, tmp_path)
+    missing, present = result.stdout.splitlines()[:2]
+    assert missing == "VideoDecodeError | cannot decode missing.mp4: no such file", missing
+    assert present.startswith("ImportError | cannot decode clip.mp4: no video decoder is installed"), present
+    assert "pip install av" in present and "stretchysnake[video]" in present and "ModuleNotFoundError" not in present
+
+
 def test_old_module_paths_keep_working_and_name_the_new_place():
     moved = [("trainer", "training.trainer", "StretchySnakeTrainer"),
              ("synthetic_actions", "training.synthetic_actions", "generate_action_dataset"),

@@ -88,9 +88,13 @@ class HubFileRoute(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.end_headers()
         if send_body:
-            cut = self.server.cuts.get(filename)  # a connection that drops: `cut` bytes of the body, then closed
+            # a connection that drops: `cut` bytes of the body, then closed (a list: one cut per request, the last
+            # repeated)
+            cut = self.server.cuts.get(filename)
             if cut is not None and self.server.cut_times.get(filename, 0) != 0:
                 self.server.cut_times[filename] -= 1
+                if isinstance(cut, list):
+                    cut = cut.pop(0) if len(cut) > 1 else cut[0]
                 self.wfile.write(data[first:first + cut])
                 self.close_connection = True
                 return
@@ -244,6 +248,23 @@ def test_a_file_that_is_no_checkpoint_is_one_line_with_its_checksum(hub, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_a_hub_file_that_calls_a_blocked_module_is_refused_by_name(hub, tmp_path, clip):
+    """Not the damaged-download advice: the refused global and the file, from the API, the CLI and predict.py."""
+    from test_convert_videomamba_checkpoint import malicious_checkpoints
+
+    made = tmp_path / "made"
+    made.mkdir()
+    for name, named in malicious_checkpoints(made).items():
+        filename = f"videomamba_t16_k400_f8_res224_{name}"
+        hub.repos[REPO][filename] = (made / name).read_bytes()
+        for way, result in three_ways(filename, hub, tmp_path, clip).items():
+            line = error_line(result)
+            assert f"{filename} holds " in line and named in line and "a safe load" in line, (way, line)
+            assert "not a PyTorch checkpoint" not in line and "fetch it again" not in line, (way, line)
+            assert_one_error(way, result)
+    assert not (made / "it ran").exists() and not (tmp_path / "it ran").exists()
+
+
 def test_a_download_dropped_on_every_try_is_one_line_and_a_retry_after_works(hub, tmp_path, clip):
     size = len(hub.repos[REPO][DROPPING])
     hub.cuts[DROPPING], hub.cut_times[DROPPING] = CUT, -1  # -1: every time
@@ -253,14 +274,35 @@ def test_a_download_dropped_on_every_try_is_one_line_and_a_retry_after_works(hub
         hub.cut_times[DROPPING] = 0
     for way, result in results.items():
         line = error_line(result)
-        assert all(text in line for text in (REPO, DROPPING, "revision main", f"of {size:,} bytes arrived",
-                                             "run it again")), line
+        assert all(text in line for text in (REPO, DROPPING, "revision main", f"at most {CUT:,} of {size:,} bytes",
+                                             "6 requests dropped", "run it again")), line
         assert_one_error(way, result)
-    retries = [line for line in results["cli"].stderr.splitlines() if "Trying to resume download" in line]
-    assert len(retries) > 1 and not any(line.startswith("WARNING") for line in retries)  # each printed once
+        retries = [line for line in result.stderr.splitlines() if "Trying to resume download" in line]
+        assert len(retries) == (5 if way == "api" else 0), (way, result.stderr[-3000:])  # a script: one line
     assert not list((tmp_path / "cache").rglob(f"*{DROPPING[:-4]}*")) and not (tmp_path / "out").exists()
+    hub.cut_times[DROPPING] = -1
+    try:  # --debug: huggingface_hub's warnings too, each once
+        debug = run(["-m", "modeling_stretchysnake.convert_videomamba_checkpoint", f"{REPO}/{DROPPING}",
+                     str(tmp_path / "out"), "--debug"], hub, tmp_path, script=False)
+    finally:
+        hub.cut_times[DROPPING] = 0
+    retries = [line for line in debug.stderr.splitlines() if "Trying to resume download" in line]
+    assert len(retries) == 5 and not any(line.startswith("WARNING") for line in retries), debug.stderr[-3000:]
     fixed = run(from_videomamba(DROPPING), hub, tmp_path)  # the connection holds again
     assert fixed.returncode == 0 and "labels 400 abseiling" in fixed.stdout, fixed.stderr[-3000:]
+
+
+def test_a_dropped_download_counts_the_most_that_arrived(hub, tmp_path):
+    """The first request delivers 6,000 bytes, of which huggingface_hub writes one whole chunk of 4,096 and resumes
+    from there; the later requests deliver 100 each: 6,000 arrived at most (the last request ended at 4,196)."""
+    hub.cuts[DROPPING], hub.cut_times[DROPPING] = [6000, 100], -1
+    small_chunks = "import huggingface_hub.constants\nhuggingface_hub.constants.DOWNLOAD_CHUNK_SIZE = 4096\n"
+    try:
+        result = run(small_chunks + from_videomamba(DROPPING), hub, tmp_path)
+    finally:
+        hub.cut_times[DROPPING] = 0
+    line = error_line(result)
+    assert f"at most 6,000 of {len(hub.repos[REPO][DROPPING]):,} bytes arrived, 6 requests dropped" in line, line
 
 
 def test_a_single_drop_resumes_within_the_call(hub, tmp_path):

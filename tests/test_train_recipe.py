@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, run_script, script_env
 from modeling_stretchysnake.training.synthetic_actions import generate_action_dataset
@@ -53,6 +54,27 @@ def test_train_recipe_one_process(manifest_dir, tmp_path):
     assert (final / "model.safetensors").exists() and (final / "modeling_stretchysnake.py").exists()
     assert (final / "video_preprocessor_config.json").exists()
     assert "pin_memory" not in result.stderr  # no warning the recipe can avoid on a CPU machine
+
+
+def test_the_fixed_scale_model_is_the_same_trained_side_by_side_or_after(manifest_dir, tmp_path):
+    """The baseline in a second process (the default in one CPU process) trains the model it would train after the
+    flexible one in the same process: the same weights and grid, bit for bit, at the same thread count."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for beside in ("true", "false"):
+        out = tmp_path / beside
+        result = run_script([sys.executable, str(ROOT / "recipes" / "train.py"), "--manifest", str(manifest_dir),
+                             "--output_dir", str(out), "--baseline", "3x28", "--baseline_side_by_side", beside,
+                             *TINY_RUN], tmp_path)
+        assert ("in a second process, side by side" in result.stderr) == (beside == "true")
+        runs[beside] = (load_file(out / "fixed_scale" / "final" / "model.safetensors"),
+                        json.loads((out / "fixed_scale" / "scale_grid.json").read_text()),
+                        load_file(out / "final" / "model.safetensors"))
+    (beside_fixed, beside_grid, beside_flexible), (after_fixed, after_grid, after_flexible) = runs.values()
+    assert beside_fixed.keys() == after_fixed.keys() and beside_grid == after_grid
+    assert all(torch.equal(beside_fixed[name], after_fixed[name]) for name in beside_fixed)
+    assert all(torch.equal(beside_flexible[name], after_flexible[name]) for name in beside_flexible)
 
 
 def test_yaml_and_flags_override_order():
