@@ -4,11 +4,15 @@ training, evaluation, the processor and the pipeline) and `read_video`.
 decord (`VideoReader(width=, height=)` + `get_batch` on the sampled indices) first, PyAV as the fallback when
 decord is missing or fails, so a low-resolution request is cheap from the decoder on. Files that cannot be decoded
 raise `VideoDecodeError`. Neither decoder is a hard requirement (`import_decoder`).
+
+A video is a path, the file's bytes, or a `datasets.Video(decode=False)` value `{"path", "bytes"}` (a Hub dataset's
+Parquet shards carry the bytes): bytes are decoded from memory, with no temporary file.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import logging
 import os
 
@@ -109,17 +113,46 @@ def import_decoder(name: str):
     return importlib.import_module(name)
 
 
-def _read_decord(path, resolution, resize, time_unit, sample):
+class VideoSource:
+    """What a decoder opens: a file path (or URL) or the file's bytes, with the name errors and logs give it."""
+
+    def __init__(self, video):
+        self.data, self.path = None, video
+        if isinstance(video, dict):  # datasets.Video(decode=False): {"path": ..., "bytes": ...}, either may be None
+            if video.get("bytes") is None and video.get("path") is None:
+                raise VideoDecodeError("a video row with neither a path nor bytes")
+            self.data, self.path = video.get("bytes"), video.get("path")
+        elif isinstance(video, (bytes, bytearray, memoryview)):
+            self.data, self.path = bytes(video), None
+        self.name = str(self.path) if self.path is not None else f"<{len(self.data):,} bytes of video>"
+
+    def open(self):
+        """A new handle each call: decord and PyAV each read a handle to its end."""
+        return io.BytesIO(self.data) if self.data is not None else str(self.path)
+
+    def missing(self) -> bool:
+        return self.data is None and "://" not in str(self.path) and not os.path.exists(self.path)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def video_name(video) -> str:
+    """How logs and errors name a video (a path, or a dataset row's path or byte count)."""
+    return VideoSource(video).name
+
+
+def _read_decord(path: VideoSource, resolution, resize, time_unit, sample):
     decord = import_decoder("decord")
 
     native, size = None, None  # size: (width, height) to decode at, None for the native size
     if resolution is not None and resize == "squash":  # the output size is known: no need to probe the frame size
         size = (resolution, resolution)
     elif resolution is not None:
-        native = decord.VideoReader(str(path), num_threads=1)
+        native = decord.VideoReader(path.open(), num_threads=1)
         height, width = native[0].shape[:2]
         size = _output_size(width, height, resolution, resize)
-    reader = decord.VideoReader(str(path), num_threads=1, **({"width": size[0], "height": size[1]} if size else {}))
+    reader = decord.VideoReader(path.open(), num_threads=1, **({"width": size[0], "height": size[1]} if size else {}))
     if time_unit == "seconds":
         times = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
         times = times - times[0]
@@ -133,7 +166,7 @@ def _read_decord(path, resolution, resize, time_unit, sample):
     if size is not None and (frames is None or frames.shape[1:] != (size[1], size[0], 3)):
         # decord's own resize garbles or refuses rotated (phone) videos, whose native frames it does turn upright:
         # decode those at full size and resize here.
-        native = native or decord.VideoReader(str(path), num_threads=1)
+        native = native or decord.VideoReader(path.open(), num_threads=1)
         frames = resize_frames(native.get_batch(indices).asnumpy(), size)
     return frames
 
@@ -150,10 +183,10 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 SEEK_GAP_SECONDS = 2.0
 
 
-def _read_pyav(path, resolution, resize, time_unit, sample):
+def _read_pyav(path: VideoSource, resolution, resize, time_unit, sample):
     av = import_decoder("av")
 
-    with av.open(str(path)) as container:
+    with av.open(path.open()) as container:
         if not container.streams.video:
             raise VideoDecodeError(f"{path} has no video stream")
         stream = container.streams.video[0]
@@ -240,6 +273,8 @@ def read_video(
 ) -> np.ndarray:
     """Decode `num_frames` uniformly spaced RGB frames, (T, H, W, 3) uint8, already at the requested scale.
 
+    path: a file path or URL, the file's bytes, or a `datasets.Video(decode=False)` value {"path", "bytes"}.
+
     resize: 'squash' decodes at resolution x resolution (flexible training); 'shortest' keeps the aspect ratio
     with the shorter side at `resolution` (evaluation, before a crop). start/end bound a segment, in frames or
     seconds. `frame_sampling_rate` takes frames that many apart instead of spreading them over the segment.
@@ -259,7 +294,8 @@ def read_video(
     def sample(times: np.ndarray) -> np.ndarray:  # times: the frames' presentation times (seconds)
         return segment_indices(times, num_frames, start, end, time_unit, frame_sampling_rate, clip, num_clips)
 
-    if "://" not in str(path) and not os.path.exists(path):  # URLs go to the decoders as they are
+    path = VideoSource(path)
+    if path.missing():  # URLs go to the decoders as they are
         raise VideoDecodeError(f"cannot decode {path}: no such file")
     readers = []
     if backend in ("auto", "decord") and _decord_available():

@@ -123,7 +123,8 @@ class StretchySnakeVideoProcessor(BaseVideoProcessor):
                    start: float | None = None, end: float | None = None, time_unit: str = "frames",
                    frame_sampling_rate: int | None = None, clip: int = 0, num_clips: int = 1, crop: int = 0,
                    num_crops: int = 1, return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
-        """videos: a path, an array (T, H, W, C), a list of frames, or a list of any of these.
+        """videos: a path (or the file's bytes, or a dataset row's {"path", "bytes"}), an array (T, H, W, C), a list
+        of frames, or a list of any of these.
 
         scale=(frames, resolution) overrides num_frames/resolution. Frame sampling (uniform over the video or the
         start/end segment) applies to files and arrays alike; `do_sample_frames=False` keeps an array's frames.
@@ -159,6 +160,9 @@ def check_scale(frames, resolution) -> None:
 
 
 def _is_path(video) -> bool:
+    """A video file: a path, the file's bytes, or a `datasets.Video(decode=False)` value {"path", "bytes"}."""
+    if isinstance(video, dict):
+        return set(video) <= {"path", "bytes"} and bool(video)
     return isinstance(video, (str, bytes)) or hasattr(video, "__fspath__")
 
 

@@ -68,6 +68,21 @@ def test_read_video_segments_in_frames_and_seconds(ramp_video, backend):
     assert brightness_index(read_video(ramp_video, 2, start=1.0, end=1.5, time_unit="seconds", backend=backend)).tolist() == [10, 14]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_video_decodes_bytes_from_memory(ramp_video, backend):
+    """A file's bytes, or a datasets.Video(decode=False) value {"path", "bytes"}: the same frames as the file."""
+    data = ramp_video.read_bytes()
+    expected = read_video(ramp_video, 4, resolution=32, resize="shortest", start=2, backend=backend)
+    for video in (data, {"path": "elsewhere.mp4", "bytes": data}, {"path": str(ramp_video), "bytes": None}):
+        frames = read_video(video, 4, resolution=32, resize="shortest", start=2, backend=backend)
+        assert np.array_equal(frames, expected)
+    processor = StretchySnakeVideoProcessor(num_frames=4, resolution=32, decoder=backend)
+    assert torch.equal(processor({"path": "x.mp4", "bytes": data})["pixel_values"],
+                       processor(str(ramp_video))["pixel_values"])
+    with pytest.raises(VideoDecodeError, match="cannot decode broken.mp4: "):
+        read_video({"path": "broken.mp4", "bytes": data[:300]}, 4, backend=backend)
+
+
 @pytest.mark.parametrize("content", [b"", b"not a video at all" * 50, None])
 def test_unreadable_files_raise_decode_error(tmp_path, ramp_video, content):
     path = tmp_path / "broken.mp4"
