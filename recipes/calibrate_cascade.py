@@ -19,19 +19,23 @@ import argparse
 import json
 from pathlib import Path
 
-from datasets import load_from_disk
-
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
 from modeling_stretchysnake.cascade import COMBINES, CONFIDENCES, fit_cascade
 from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.training.cascade_evaluation import cheapest_first_front, scale_costs, stage_logits
 from modeling_stretchysnake.training.data import VideoClipDataset
+from modeling_stretchysnake.training.video_datasets import (
+    add_data_arguments,
+    data_arguments_of,
+    load_video_splits,
+    model_label_names,
+)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a saved model folder (the rule is written into it)")
-    parser.add_argument("--manifest", required=True)
+    add_data_arguments(parser)  # the data: --dataset_name (load_dataset) or --manifest (data_scripts/), ...
     parser.add_argument("--split", default="validation")
     parser.add_argument("--frames", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[56, 84, 112, 168])
@@ -48,11 +52,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not (Path(args.model) / "config.json").is_file():
         parser.error(f"--model must be a saved model folder (the rule is written into its config.json): {args.model}")
-    manifest = load_from_disk(args.manifest)
-    if args.split not in manifest:
-        parser.error(f"{args.manifest} has no split {args.split!r} (it has {', '.join(manifest)})")
+    data = data_arguments_of(args)
+    if not data.given:
+        parser.error("give the data: --dataset_name NAME_OR_PATH (anything load_dataset takes) or --manifest FOLDER")
     model = StretchySnakeForVideoClassification.from_pretrained(args.model).eval()
-    dataset = VideoClipDataset(manifest[args.split], StretchySnakeVideoProcessor(decoder=args.decoder),
+    videos = load_video_splits(data, [args.split], label_names=model_label_names(model.config))
+    dataset = VideoClipDataset(videos[args.split], StretchySnakeVideoProcessor(decoder=args.decoder),
                                training=False, decoder=args.decoder)
     grid = [(f, r) for f in args.frames for r in args.resolutions]
     logits, labels = stage_logits(model, dataset, grid, args.batch_size)
@@ -61,11 +66,11 @@ def main(argv=None):
     stages = cheapest_first_front(grid, top1, costs)
     cascade = fit_cascade(logits[stages], labels, [grid[i] for i in stages], [costs[i] for i in stages],
                           args.target_top1, args.budget, args.confidence, args.combine, args.cost)
-    cascade.fitted.update(split=args.split, manifest=str(args.manifest))
+    cascade.fitted.update(split=args.split, data=data.source)
     model.config.cascade = cascade.to_dict()
     model.config.save_pretrained(args.model)
     unit = "GFLOPs" if args.cost == "gflops" else "ms"
-    print(f"{len(labels)} videos of {args.manifest} [{args.split}]; single scales (front marked *):")
+    print(f"{len(labels)} videos of {data.source} [{args.split}]; single scales (front marked *):")
     for i, (f, r) in enumerate(grid):
         print(f"  {'*' if i in stages else ' '} {f:>3} f x {r:>4} px: top-1 {top1[i]:5.1f}%  {costs[i]:8.3g} {unit}")
     fitted = cascade.fitted

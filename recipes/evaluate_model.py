@@ -1,4 +1,5 @@
-"""Evaluate any saved (or converted VideoMamba) model on a manifest over a frames x resolution grid.
+"""Evaluate any saved (or converted VideoMamba) model on a dataset over a frames x resolution grid (the data: any
+`datasets.load_dataset` source with --dataset_name, or a manifest, as recipes/train.py takes it).
 
     python recipes/evaluate_model.py --model outputs/stretchysnake-embedded/final \
         --manifest outputs/generated_actions/manifest
@@ -6,6 +7,8 @@
         --clips 2 --crops 3
     python recipes/evaluate_model.py --model M --manifest D --probes    # also 1-NN retrieval and a linear probe
     python recipes/evaluate_model.py --model M --manifest D --cascade   # the model's fitted cascade over scales
+    python recipes/evaluate_model.py --model M --dataset_name OWNER/DATASET --split validation   # a Hub dataset
+    python recipes/evaluate_model.py --model M --dataset_name csv --data_files test=test.csv      # a CSV of paths
 
 (Not named evaluate.py: a script of that name in recipes/ would shadow the `evaluate` library for the recipes.)
 Prints a table of top-1 accuracy (rows: frames, columns: resolution), writes CSV/JSON, the `video_accuracy` evaluate
@@ -30,7 +33,6 @@ import logging
 from pathlib import Path
 
 import torch
-from datasets import load_from_disk
 from transformers import TrainingArguments
 
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
@@ -47,13 +49,19 @@ from modeling_stretchysnake.training.compute_budget import cost_table, pareto_fr
 from modeling_stretchysnake.training.reporting import format_table, plot_pareto, write_results
 from modeling_stretchysnake.training.scales import Scale, ScaleSampler
 from modeling_stretchysnake.training.trainer import StretchySnakeTrainer
+from modeling_stretchysnake.training.video_datasets import (
+    add_data_arguments,
+    data_arguments_of,
+    load_video_splits,
+    model_label_names,
+)
 
 
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a saved StretchySnake folder, a Hub model id, or an official "
                                                        "VideoMamba checkpoint on the Hub, OWNER/REPO/FILE.pth")
-    parser.add_argument("--manifest", required=True, help="a DatasetDict saved by data_scripts/ or the train recipe")
+    add_data_arguments(parser)  # the data: --dataset_name (load_dataset) or --manifest (data_scripts/), ...
     parser.add_argument("--split", default="test")
     parser.add_argument("--frames", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[56, 84, 112, 168])
@@ -79,6 +87,11 @@ def parse(argv=None):
 
 def main(argv=None):
     args = parse(argv)
+    data = data_arguments_of(args)
+    if not data.given:
+        raise SystemExit("evaluate_model.py: give the data: --dataset_name NAME_OR_PATH (anything load_dataset "
+                         "takes) or --manifest FOLDER (data_scripts/)")
+    args.data = data.source
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.model = resolve_model_reference(args.model)
     if args.output_dir is None:
@@ -86,9 +99,10 @@ def main(argv=None):
         args.output_dir = str(model_dir.parent / f"{model_dir.name}-evaluation" if model_dir.is_dir()
                               else Path("evaluation"))
     model = load_model(StretchySnakeForVideoClassification, args.model).eval()
-    manifest = load_from_disk(args.manifest)
+    splits = [args.split] + ([args.probe_train_split] if args.probes else [])
+    videos = load_video_splits(data, splits, label_names=model_label_names(model.config))
     processor = StretchySnakeVideoProcessor(decoder=args.decoder)
-    test_set = VideoClipDataset(manifest[args.split], processor, training=False, decoder=args.decoder)
+    test_set = VideoClipDataset(videos[args.split], processor, training=False, decoder=args.decoder)
     if args.cascade:
         return evaluate_cascade(args, model, test_set)
     scales = [Scale(f, r, resolve_patch_size(model.config, r, r)) for f in args.frames for r in args.resolutions]
@@ -102,13 +116,13 @@ def main(argv=None):
     try:
         results = trainer.evaluate_scales()
         if args.probes:
-            train_set = VideoClipDataset(manifest[args.probe_train_split], processor, training=False,
+            train_set = VideoClipDataset(videos[args.probe_train_split], processor, training=False,
                                          decoder=args.decoder)
             for scale in scales:
                 results[scale].update(probe_scores(model, train_set, test_set, scale, model.config.num_labels,
                                                    args.batch_size, trainer.args.device))
     except VideoDecodeError as error:
-        raise SystemExit(f"evaluate_model.py: cannot evaluate {args.manifest} [{args.split}]: {error}") from None
+        raise SystemExit(f"evaluate_model.py: cannot evaluate {args.data} [{args.split}]: {error}") from None
     unreadable = trainer.unreadable_videos(test_set)
     if trainer.is_world_process_zero():
         report(args, model, results, trainer.last_grid_metrics, len(test_set), unreadable)
@@ -128,7 +142,7 @@ def evaluate_cascade(args, model, test_set) -> dict:
     path = Path(args.output_dir) / "cascade.json"
     path.write_text(json.dumps(summary, indent=1))
     shares = ", ".join(f"{scale} {share:.0f}%" for scale, share in summary["answered_at"].items())
-    print(f"\n{summary['videos']} videos of {args.manifest} [{args.split}], cascade "
+    print(f"\n{summary['videos']} videos of {args.data} [{args.split}], cascade "
           f"{' -> '.join(f'{f}x{r}' for f, r in cascade.scales)}: top-1 {summary['top1']:.1f}%, "
           f"{summary['mean_cost']:.3g} {cascade.cost_unit} and {summary['ms_per_video']:.1f} ms per video here; "
           f"answered at {shares}\nresults: {path}")
@@ -139,7 +153,7 @@ def report(args, model, results, grid_metrics, num_videos, unreadable) -> None:
     """Print and write the grid (and the probes, the cost table and the Pareto front)."""
     paths = write_results(results, args.output_dir, title=f"{Path(args.model).name}: top-1 (%)",
                           grid_metrics=grid_metrics)
-    print(f"\n{num_videos} videos of {args.manifest} [{args.split}], {args.clips} clip(s) x {args.crops} crop(s); "
+    print(f"\n{num_videos} videos of {args.data} [{args.split}], {args.clips} clip(s) x {args.crops} crop(s); "
           f"unreadable videos skipped: {len(unreadable)} distinct file(s) (all processes)"
           + (f": {unreadable}" if unreadable else "") + f"\nresults: {paths['csv']} (evaluate: {paths['evaluate']}), heatmap: {paths['png']}")
     for metric in ("top1", "mean_class_acc") + (("knn_top1", "linear_probe_top1") if args.probes else ()):

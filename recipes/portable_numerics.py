@@ -28,11 +28,13 @@ from pathlib import Path
 ENVIRONMENT = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 THREADS = 2
 MODES = ("auto", "portable", "native")
+DATA_FLAGS = ("--manifest", "--dataset_name")  # data of one's own: not the main job's generated data
 
 
 def requested_mode(argv: list[str]) -> str:
     """'portable' or 'native' from recipes/train.py's flags: --cpu_numerics (last one wins; YAML configs' key too),
-    where 'auto' (the default) is portable on the generated data (the main job) and native with a --manifest."""
+    where 'auto' (the default) is portable on the generated data (the main job) and native on data of one's own
+    (--manifest, --dataset_name)."""
     import yaml
 
     options = {}
@@ -44,13 +46,13 @@ def requested_mode(argv: list[str]) -> str:
             options["cpu_numerics"] = arg.split("=", 1)[1]
         elif arg == "--cpu_numerics" and i + 1 < len(argv):
             options["cpu_numerics"] = argv[i + 1]
-        elif arg == "--manifest" or arg.startswith("--manifest="):
+        elif arg.split("=", 1)[0] in DATA_FLAGS:
             options["manifest"] = True
     mode = options.get("cpu_numerics", "auto")
     if mode not in MODES:
         raise SystemExit(f"--cpu_numerics must be one of {', '.join(MODES)}; got {mode!r}")
     if mode == "auto":
-        return "native" if options.get("manifest") else "portable"
+        return "native" if any(options.get(key) for key in ("manifest", "dataset_name")) else "portable"
     return mode
 
 

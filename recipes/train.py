@@ -9,8 +9,11 @@
 more. Every process logs its rank and the world size at start.
 
 Every option is a CLI flag (`python recipes/train.py --help`); a YAML `--config` sets many at once and flags
-given after it win. With no `--manifest`, a generated action dataset (moving shapes whose classes need motion
-to tell apart, written as real video files) is rendered under `--data_root` and used.
+given after it win. The data: `--dataset_name` (anything `datasets.load_dataset` takes: a Hub dataset, a local
+folder in the Hub layout, `videofolder --data_dir D`, `csv` / `json` / `parquet --data_files F`; `--streaming` reads
+its training split as a stream of shards) or `--manifest` (a DatasetDict from data_scripts/); with neither, a
+generated action dataset (moving shapes whose classes need motion to tell apart, written as real video files) is
+rendered under `--data_root` and used.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ from modeling_stretchysnake.modeling_stretchysnake import resolve_patch_size
 from modeling_stretchysnake.pretrained import load_model
 from modeling_stretchysnake.training.reporting import format_table, plot_heatmaps, plot_training_curves, write_results
 from modeling_stretchysnake.training.scales import SCALE_MODE_OF_VARIANT, VARIANTS, Scale, ScaleSampler
+from modeling_stretchysnake.training.streaming import StreamedVideos
 from modeling_stretchysnake.training.trainer import StretchySnakeTrainer
+from modeling_stretchysnake.training.video_datasets import DataArguments, VideoSplits, load_video_splits
 
 logger = logging.getLogger("stretchysnake.train")
 
@@ -82,11 +87,10 @@ DEFAULT_TRAINING_FLAGS = [
 
 
 @dataclass
-class StretchySnakeArguments:
+class StretchySnakeArguments(DataArguments):
     config: str | None = field(default=None, metadata={"help": "YAML file of options (repeatable); later ones and flags win"})
-    manifest: str | None = field(default=None, metadata={"help": "a DatasetDict saved by data_scripts/ (default: generated data)"})
     train_split: str = "train"
-    eval_split: str = "test"
+    eval_split: str = field(default="test", metadata={"help": "the split the scale grid is evaluated on"})
     data_root: str = field(default="outputs/generated_actions", metadata={"help": "where generated data is written"})
     generated_task: str = field(default="clear", metadata={
         "help": "generated data: 'clear', 'noisy', 'brief_motion', 'fine_texture' or 'glimpses' (synthetic_actions.TASKS)"})
@@ -175,11 +179,16 @@ def parse_arguments(argv: list[str]) -> tuple[StretchySnakeArguments, TrainingAr
     return script_args, training_args
 
 
-def load_manifest(args: StretchySnakeArguments, training_args: TrainingArguments):
-    from datasets import load_from_disk
-
-    if args.manifest:
-        return load_from_disk(args.manifest)
+def load_data(args: StretchySnakeArguments, training_args: TrainingArguments) -> VideoSplits:
+    """The training and evaluation splits (`video_datasets`): the given dataset, or the generated one."""
+    if args.streaming and training_args.max_steps <= 0:
+        raise ValueError("--streaming reads the training split as a stream with no length: give --max_steps")
+    splits = (args.train_split, args.eval_split)
+    stream = args.train_split if args.streaming else None
+    if args.given:
+        # the first process of each machine downloads and prepares (the cache is per machine), then the rest load
+        with training_args.main_process_first(local=True, desc="dataset"):
+            return load_video_splits(args, splits, seed=training_args.seed, stream=stream)
     from modeling_stretchysnake.training.synthetic_actions import load_or_generate
 
     counts = {args.train_split: args.generated_train_per_class, args.eval_split: args.generated_eval_per_class}
@@ -187,7 +196,9 @@ def load_manifest(args: StretchySnakeArguments, training_args: TrainingArguments
     # renders its own copy on a machine-local one), then the rest load: no two processes write one folder.
     with training_args.main_process_first(local=False, desc="generated dataset"):
         with training_args.main_process_first(local=True, desc="generated dataset on this machine"):
-            return load_or_generate(args.data_root, counts, seed=training_args.seed, task=args.generated_task)
+            load_or_generate(args.data_root, counts, seed=training_args.seed, task=args.generated_task)
+    generated = dataclasses.replace(args, manifest=str(Path(args.data_root) / "manifest"))
+    return load_video_splits(generated, splits, seed=training_args.seed, stream=stream)
 
 
 def build_model(args: StretchySnakeArguments, label_names: list[str],
@@ -217,7 +228,7 @@ def build_model(args: StretchySnakeArguments, label_names: list[str],
 
 def baseline_scale(args: StretchySnakeArguments, config: StretchySnakeConfig) -> tuple[int, int] | None:
     """(frames, resolution) of the fixed-scale comparison model, or None."""
-    if args.baseline == "none" or (args.baseline == "auto" and args.manifest):
+    if args.baseline == "none" or (args.baseline == "auto" and args.given):
         return None
     if args.baseline == "auto":  # the base scale: the stored patch size and token grid
         return max(args.train_frames), config.image_size
@@ -261,12 +272,16 @@ class TrainedModel:
                    sorted(set().union(*(dataset.failures for dataset in datasets))))
 
 
-def clip_datasets(args, processor, train_rows, eval_rows) -> tuple[VideoClipDataset, VideoClipDataset]:
-    """The training and evaluation clips, sharing one decoded-clip cache (--clip_cache_gb)."""
-    cache_gb = args.clip_cache_gb if args.clip_cache_gb is not None else 0.0 if args.manifest else 4.0
+def clip_datasets(args, processor, data: VideoSplits) -> tuple[VideoClipDataset | StreamedVideos, VideoClipDataset]:
+    """The training clips (a stream with --streaming) and the evaluation clips, sharing one decoded-clip cache
+    (--clip_cache_gb)."""
+    cache_gb = args.clip_cache_gb if args.clip_cache_gb is not None else 0.0 if args.given else 4.0
     clip_cache = DecodedClipCache(int(cache_gb * 2**30)) if cache_gb > 0 else None
-    return (VideoClipDataset(train_rows, processor, training=True, decoder=args.decoder, clip_cache=clip_cache),
-            VideoClipDataset(eval_rows, processor, training=False, decoder=args.decoder, clip_cache=clip_cache))
+    train_rows, eval_rows = data[args.train_split], data[args.eval_split]
+    train_set = (StreamedVideos(train_rows, processor, args.decoder, args.shuffle_buffer_size) if args.streaming else
+                 VideoClipDataset(train_rows, processor, training=True, decoder=args.decoder, clip_cache=clip_cache))
+    return train_set, VideoClipDataset(eval_rows, processor, training=False, decoder=args.decoder,
+                                       clip_cache=clip_cache)
 
 
 def train_fixed_scale(args, training_args, label_names, fixed, eval_scales, processor, train_set,
@@ -296,8 +311,7 @@ def train_fixed_scale_in_this_process(argv, fixed, eval_scales, label_names, pro
     logging.basicConfig(format=f"%(asctime)s %(levelname)s [fixed {fixed[0]}x{fixed[1]}] %(name)s: %(message)s",
                         level=logging.INFO, force=True)
     torch.set_num_threads(threads)
-    manifest = load_manifest(args, training_args)
-    train_set, eval_set = clip_datasets(args, processor, manifest[args.train_split], manifest[args.eval_split])
+    train_set, eval_set = clip_datasets(args, processor, load_data(args, training_args))
     return train_fixed_scale(args, training_args, label_names, fixed, eval_scales, processor, train_set, eval_set)
 
 
@@ -319,10 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = training_args.device  # sets up the process group: rank and world size are 0 and 1 before it
     numerics = portable_numerics.requested_mode(argv) if device.type == "cpu" else "native"
     numerics_description = portable_numerics.describe(numerics)
-    manifest = load_manifest(args, training_args)
-    train_rows, eval_rows = manifest[args.train_split], manifest[args.eval_split]
-    label_feature = train_rows.features["label"]
-    label_names = label_feature.names if hasattr(label_feature, "names") else sorted(set(train_rows["label_name"]))
+    data = load_data(args, training_args)
+    label_names = data.label_names
     model = build_model(args, label_names)
     config = model.config
     fixed = baseline_scale(args, config)
@@ -347,10 +359,12 @@ def main(argv: list[str] | None = None) -> dict:
     eval_scales = [Scale(f, r, resolve_patch_size(config, r, r)) for f in args.eval_frames for r in args.eval_resolutions]
     processor = StretchySnakeVideoProcessor(num_frames=max(args.train_frames), resolution=config.image_size,
                                             decoder=args.decoder)
-    train_set, eval_set = clip_datasets(args, processor, train_rows, eval_rows)
-    logger.info("model %s/%d layers, %.2fM parameters; %s; %d train / %d eval videos; eval grid %s; fixed-scale "
+    train_set, eval_set = clip_datasets(args, processor, data)
+    train_size = (f"a stream of {train_set.rows.num_shards} shard(s)" if isinstance(train_set, StreamedVideos)
+                  else f"{len(train_set)}")
+    logger.info("model %s/%d layers, %.2fM parameters; %s; %s train / %d eval videos; eval grid %s; fixed-scale "
                 "comparison: %s", config.hidden_size, config.num_hidden_layers, model.num_parameters() / 1e6,
-                scale_sampler, len(train_set), len(eval_set), [str(s) for s in eval_scales],
+                scale_sampler, train_size, len(eval_set), [str(s) for s in eval_scales],
                 f"{fixed[0]}x{fixed[1]}{' (in a second process, side by side)' if beside else ''}" if fixed else "none")
     logger.info("evaluation protocol: %d clip(s) x %d crop(s) per video, shortest-side resize + crop, top-1/top-5/"
                 "mean class accuracy per frames x resolution", args.eval_clips, args.eval_crops)
@@ -381,8 +395,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"(logged values: {output_dir / 'training_log.json'})")
         print(f"unreadable videos skipped: {len(unreadable)} distinct file(s) over all processes"
               + (f": {unreadable}" if unreadable else ""))
-        if train_set.clip_cache is not None:
-            cache = train_set.clip_cache
+        if eval_set.clip_cache is not None:
+            cache = eval_set.clip_cache
             print(f"decoded clips served from memory (--clip_cache_gb): {cache.hits} of {cache.hits + cache.misses} "
                   f"requests in this process, {cache.bytes / 2**30:.2f} GB kept")
         for name, run in runs.items():

@@ -7,8 +7,12 @@ from pathlib import Path
 # One numba cache for the whole run, shared by both pytest workers and every script the tests start (they inherit
 # the environment): the CPU kernels compile once per run (cpu_kernels_compiled), and no test that starts a process
 # waits on a compile it does not check. Tests of compiling itself give their scripts an empty cache of their own.
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "stretchysnake-tests" / os.environ.get(
-    "PYTEST_XDIST_TESTRUNUID", f"run-{os.getpid()}") / "numba"))
+RUN_FOLDER = Path(tempfile.gettempdir()) / "stretchysnake-tests" / os.environ.get("PYTEST_XDIST_TESTRUNUID",
+                                                                                f"run-{os.getpid()}")
+os.environ.setdefault("NUMBA_CACHE_DIR", str(RUN_FOLDER / "numba"))
+# datasets' cache of prepared local datasets is keyed by the folder's name and its files' names, not their place:
+# two tests' folders named alike would share an entry (and the user's cache would serve an old run's)
+os.environ["HF_DATASETS_CACHE"] = str(RUN_FOLDER / "hf_datasets")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

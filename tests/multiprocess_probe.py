@@ -8,8 +8,10 @@ OUT/rank{r}.pt (its weights after training). `--shard R/N` trains one process on
 run, alone: what that rank would have learned without the other ranks' gradients; `--global_batch N` trains one
 process on the union of the N ranks' batches at every step: what the N processes together should learn.
 `--tokens_per_batch` turns on token-budget batching (clips per step follow the step's scale). `--final` saves the
-trained model with `trainer.save_model` to OUT/final. Each record also holds the distributed type, the training loss
-of each step on this rank, and the global and local (this rank's shard) shapes of the first block's parameters.
+trained model with `trainer.save_model` to OUT/final. `--stream DATASET` trains on DATASET's train split read as a
+stream (`datasets.load_dataset(DATASET, streaming=True)`, --workers DataLoader workers); a step's indices are then
+its videos' names. Each record also holds the distributed type, the training loss of each step on this rank, and the
+global and local (this rank's shard) shapes of the first block's parameters.
 """
 
 import argparse
@@ -29,6 +31,8 @@ from modeling_stretchysnake import StretchySnakeForVideoClassification, Stretchy
 from modeling_stretchysnake.training.data import MultiScaleBatchSampler, VideoClipDataset, collate_clips  # noqa: E402
 from modeling_stretchysnake.training.distributed import end_processes  # noqa: E402
 from modeling_stretchysnake.training.scales import ScaleSampler  # noqa: E402
+from modeling_stretchysnake.training.streaming import StreamedVideos  # noqa: E402
+from modeling_stretchysnake.training.video_datasets import DataArguments, load_video_splits  # noqa: E402
 from modeling_stretchysnake.training.trainer import StretchySnakeTrainer, _MultiScaleDataLoader  # noqa: E402
 
 
@@ -86,7 +90,10 @@ def block_shards(model) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--manifest", required=True)
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--manifest")
+    data.add_argument("--stream", help="a dataset whose train split is read as a stream")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--max_steps", type=int, default=4)
     parser.add_argument("--save_steps", type=int, default=0)
@@ -101,12 +108,16 @@ def main():
         output_dir=str(out), max_steps=args.max_steps, per_device_train_batch_size=2, learning_rate=5e-2,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, logging_steps=1, report_to="none", seed=0,
         save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500, use_cpu=True,
-        dataloader_num_workers=0, disable_tqdm=True,
+        dataloader_num_workers=args.workers, disable_tqdm=True,
     )
     torch.manual_seed(0)
     model = StretchySnakeForVideoClassification(small_config(num_labels=5, pooling="mean"))
     processor = StretchySnakeVideoProcessor(num_frames=4, resolution=32)
-    train_set = VideoClipDataset(load_from_disk(args.manifest)["train"], processor, training=True)
+    if args.stream:
+        rows = load_video_splits(DataArguments(dataset_name=args.stream), ["train"], stream="train")["train"]
+        train_set = StreamedVideos(rows, processor, shuffle_buffer_size=4)
+    else:
+        train_set = VideoClipDataset(load_from_disk(args.manifest)["train"], processor, training=True)
     shard = tuple(int(v) for v in args.shard.split("/")) if args.shard else None
     trainer = RecordingTrainer(
         model=model, args=training_args, train_dataset=train_set, processing_class=processor, shard=shard,
@@ -118,7 +129,8 @@ def main():
     rank = trainer.args.process_index
     record = {"world_size": trainer.args.world_size, "rank": rank, "steps": trainer.steps,
               "distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],
-              "node_rank": int(os.environ.get("GROUP_RANK", 0)), "shards": block_shards(trainer.model)}
+              "node_rank": int(os.environ.get("GROUP_RANK", 0)), "shards": block_shards(trainer.model),
+              "skipped": sorted(train_set.failures)}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps(record))
     weights = trainer.accelerator.get_state_dict(trainer.model)  # collective; whole on rank 0 only under FSDP

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from ..video_decoding import VideoDecodeError, read_video
+from ..video_decoding import VideoDecodeError, read_video, video_name
 from .scales import Scale, ScaleSampler
 
 logger = logging.getLogger(__name__)
@@ -169,6 +169,16 @@ class ClipView:
     num_crops: int = 1
 
 
+def decode_row(row: dict[str, Any], frames: int, resolution: int, training: bool, view: ClipView,
+               decoder: str = "auto"):
+    """A dataset row's clip as the decoder's uint8 frames (T, H, W, 3): squashed to R x R for training, the shorter
+    side at R for evaluation, of its start/end segment where it has one."""
+    return read_video(
+        row["video"], frames, resolution, "squash" if training else "shortest", row.get("start"), row.get("end"),
+        row.get("time_unit") or "frames", decoder, clip=view.clip, num_clips=view.num_clips,
+    )
+
+
 class VideoClipDataset(torch.utils.data.Dataset):
     """Clips of the videos in a manifest, decoded at the scale the batch sampler asks for.
 
@@ -176,7 +186,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
     counted in `failures`, and replaced by the next readable one, so one corrupt file never stops a run.
 
     Args:
-        manifest: rows with `video` (path), `label` (int) and optionally `start` / `end` / `time_unit`.
+        manifest: rows with `video` (a path, or {"path", "bytes"}: `video_datasets`), `label` (int) and optionally
+            `start` / `end` / `time_unit`.
         processor: a StretchySnakeVideoProcessor (resizing, cropping, normalisation).
         training: squash-resize to R x R (flexible training) instead of shortest-side resize + centre crop.
         view: the evaluation view (temporal clip x spatial crop).
@@ -207,16 +218,11 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def load(self, index: int, frames: int, resolution: int) -> torch.Tensor:
         """The view's clip of the video (or of its start/end segment): temporal view `view.clip` of
         `view.num_clips` (`sample_frame_indices`), spatial crop `view.crop` of `view.num_crops`."""
-        row = self.row(index)
         view = self.view
         key = (int(index), frames, resolution, self.training, view.clip, view.num_clips)
         clip = self.clip_cache.get(key) if self.clip_cache is not None else None
         if clip is None:
-            clip = read_video(
-                row["video"], frames, resolution, "squash" if self.training else "shortest", row.get("start"),
-                row.get("end"), row.get("time_unit") or "frames", self.decoder, clip=view.clip,
-                num_clips=view.num_clips,
-            )
+            clip = decode_row(self.row(index), frames, resolution, self.training, view, self.decoder)
             if self.clip_cache is not None:
                 self.clip_cache.put(key, clip)
         return self.processor.prepare_frames(
@@ -232,7 +238,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 pixel_values = self.load(candidate, frames, resolution)
             except VideoDecodeError as decode_error:
                 error = decode_error
-                path = str(self.row(candidate)["video"])
+                path = video_name(self.row(candidate)["video"])
                 tried.append(path)
                 self.failures[path] += 1
                 logger.warning("skipping unreadable video (%d skipped so far): %s", len(self.failures), error)

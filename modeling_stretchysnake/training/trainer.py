@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import Trainer
+from transformers import Trainer, TrainerState
+from transformers.trainer_utils import get_last_checkpoint
 
 from .data import ClipView, FixedScaleBatchSampler, MultiScaleBatchSampler, VideoClipDataset, collate_clips
 from .distributed import use_fsdp_on_cpu
 from .metrics import load_video_accuracy
 from .scales import Scale, ScaleSampler
+from .streaming import StreamedClipBatches, StreamedVideos
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +120,37 @@ class StretchySnakeTrainer(Trainer):
         self._save(output_dir, state_dict=state_dict)
 
     # ----- data -----
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        self._stream_start_step = 0
+        if isinstance(self.train_dataset, StreamedVideos) and resume_from_checkpoint:
+            # a stream resumes by reading past the rows of the steps done, without decoding them (streaming.py):
+            # not by the Trainer drawing and discarding decoded batches
+            checkpoint = (get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True
+                          else resume_from_checkpoint)
+            if checkpoint:
+                state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+                self._stream_start_step = state.global_step * self.args.gradient_accumulation_steps
+            self.args.ignore_data_skip = True
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _stream_dataloader(self) -> DataLoader:
+        stream = StreamedClipBatches(
+            self.train_dataset, self.args.per_device_train_batch_size, self.scale_sampler,
+            num_replicas=self.accelerator.num_processes, rank=self.accelerator.process_index, seed=self.args.seed,
+            tokens_per_batch=self.tokens_per_batch, max_batch_size=self.max_batch_size,
+            start_step=getattr(self, "_stream_start_step", 0),
+        )
+        self._mean_clips = sum(p * stream.clips(scale) for scale, p in self.scale_sampler.distribution())
+        workers = min(self.args.dataloader_num_workers, stream.max_workers)
+        if workers < self.args.dataloader_num_workers:
+            logger.info("the stream has %d shard(s) for each of the %d process(es): %d DataLoader worker(s) instead of "
+                        "%d", stream.max_workers, self.accelerator.num_processes, workers,
+                        self.args.dataloader_num_workers)
+        return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=self.args.dataloader_pin_memory)
+
     def get_train_dataloader(self) -> DataLoader:
+        if isinstance(self.train_dataset, StreamedVideos):
+            return self._stream_dataloader()
         # Not passed through accelerator.prepare: its batch-sampler sharding would give ranks different scales
         # in one step. The sampler shards by rank itself; Trainer moves each batch to the device.
         sampler = MultiScaleBatchSampler(
@@ -183,6 +216,9 @@ class StretchySnakeTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        for path in inputs.pop("skipped", ()):  # a stream's workers report the videos they could not decode
+            self.train_dataset.failures[path] += 1
+        inputs.pop("step", None)
         pixel_values = inputs["pixel_values"]
         self._last_scale = (pixel_values.shape[1], pixel_values.shape[-1], int(inputs["patch_size"]))
         self._last_clips = pixel_values.shape[0]
