@@ -1,4 +1,4 @@
-"""Decoders on the processor's real requests: decord against PyAV, time and peak memory, both resize modes.
+"""Decoders on the processor's real requests: decord, PyAV and torchcodec, time and peak memory, both resize modes.
 
     python bench/decoding.py                       # writes its test files once under --files_dir, then measures
     python bench/decoding.py --frames 8 --resolution 112 --repeats 5
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ FILES = {  # name: (seconds, stored width, stored height, fps, display rotation)
     "720p": (20, 1280, 720, 25, 0),
     "phone_vertical": (20, 640, 360, 25, 90),  # stored landscape, shown portrait, as phones record
 }
-DECODERS = ("decord", "pyav")
+DECODERS = ("decord", "pyav", "torchcodec")  # a decoder that does not import here gets its error in its cell
 
 
 def write_test_file(path: Path, seconds: int, width: int, height: int, fps: int, rotation: int = 0) -> None:
@@ -81,7 +82,8 @@ def measure(path, decoder, resize, frames, resolution, repeats) -> dict:
     command = [sys.executable, __file__, "--child", str(path), decoder, resize, str(frames), str(resolution),
                str(repeats)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                            env={"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                                 "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     for line in result.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -116,7 +118,7 @@ def main(argv=None):
                    **{f"{d}_{k}": v for d in DECODERS for k, v in cells[d].items()}}
             rows.append(row)
             timed = {d: cells[d]["seconds"] for d in DECODERS if "seconds" in cells[d]}
-            faster = min(timed, key=timed.get) if len(timed) == len(DECODERS) else "-"
+            faster = min(timed, key=timed.get) if len(timed) > 1 else "-"
             text = " ".join(f"{cells[d]['seconds']:>10.3f} {cells[d]['peak_mib']:>11.1f}" if "seconds" in cells[d]
                             else f"{cells[d]['error'][:22]:>22}" for d in DECODERS)
             print(f"{name:>16} {f'{width}x{height}':>10} {resize:>9} {text}   {faster}", flush=True)

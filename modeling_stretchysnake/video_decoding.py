@@ -11,6 +11,7 @@ Parquet shards carry the bytes): bytes are decoded from memory, with no temporar
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import logging
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-DECODER_BACKENDS = ("auto", "decord", "pyav")
+DECODER_BACKENDS = ("auto", "decord", "pyav", "torchcodec")
 
 
 class VideoDecodeError(RuntimeError):
@@ -223,6 +224,29 @@ def _read_pyav(path: VideoSource, resolution, resize, time_unit, sample):
     return np.stack([kept.get(t, last) for t in pts[indices].tolist()])
 
 
+def _read_torchcodec(path: VideoSource, resolution, resize, time_unit, sample):
+    """torchcodec's VideoDecoder (exact seek mode: every frame indexed by a scan of the file) decodes the sampled
+    frames at full size; they are resized here as decord's fallback does. Frame-indexed requests only: a seconds
+    range needs each frame's timestamp, which torchcodec does not list. The frames as stored: the torchcodec this was
+    tested with (0.7) reports no display rotation, so a phone's portrait video stays on its side (decord and PyAV
+    turn it upright)."""
+    decoders = import_decoder("torchcodec.decoders")
+
+    if time_unit == "seconds":
+        raise VideoDecodeError("torchcodec serves frame-indexed segments; a seconds range needs decord or PyAV")
+    source = path.data if path.data is not None else str(path.path)
+    decoder = decoders.VideoDecoder(source, dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=1)
+    metadata = decoder.metadata
+    indices = sample(np.arange(metadata.num_frames, dtype=np.float64)).tolist()
+    frames = decoder.get_frames_at(indices).data.numpy()
+    if resolution is not None:
+        height, width = frames.shape[1:3]
+        size = _output_size(width, height, resolution, resize)
+        if size != (width, height):
+            frames = resize_frames(frames, size)
+    return frames
+
+
 def _quarter_turns(rotation) -> int:
     """Counter-clockwise quarter turns that show a frame upright, from its display-matrix rotation in degrees."""
     return round((rotation or 0) / 90) % 4
@@ -254,6 +278,17 @@ def _pyav_available() -> bool:
     try:
         import_decoder("av")
     except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _torchcodec_available() -> bool:
+    """torchcodec imports and loads FFmpeg's libraries (its import fails without them, or without CUDA's for a
+    CUDA build)."""
+    try:
+        import_decoder("torchcodec.decoders")
+    except Exception:
         return False
     return True
 
@@ -304,14 +339,19 @@ def read_video(
         readers.append(_read_pyav)
     if backend == "pyav" and not readers:
         raise ImportError(f"cannot decode {path}: PyAV is not installed (pip install av)")
-    if not readers and backend == "auto":
-        raise ImportError(f"cannot decode {path}: no video decoder is installed: pip install av (PyAV), or the "
-                          "package's video extra, pip install 'stretchysnake[video]' (PyAV and decord)")
+    if backend == "torchcodec" and not _torchcodec_available():
+        raise ImportError(f"cannot decode {path}: torchcodec does not import here (pip install torchcodec; it needs "
+                          "FFmpeg's shared libraries)")
     if backend == "auto" and resize == "shortest":
         # measured (bench/decoding.py, bench/RESULTS.md): for aspect-keeping requests PyAV was 1.6-1.7x faster on
         # H.264 files and decord held 75-790 MB more (it opens the file twice, once at full size to learn its size);
         # for 'squash' the faster one depends on the codec (decord on short-GOP MPEG-4), and decord stays first
         readers.reverse()
+    if backend in ("auto", "torchcodec") and _torchcodec_available():
+        readers.append(_read_torchcodec)  # last in 'auto': for installs that have neither decord nor PyAV
+    if not readers and backend == "auto":
+        raise ImportError(f"cannot decode {path}: no video decoder is installed: pip install av (PyAV), or the "
+                          "package's video extra, pip install 'stretchysnake[video]' (PyAV and decord)")
     if not readers:
         raise ImportError("decord is not installed; install the `video` extra or use backend='pyav'")
     errors = []

@@ -51,7 +51,7 @@ class StretchySnakeVideoProcessor(BaseVideoProcessor):
         image_mean, image_std: normalisation (VideoMamba's ImageNet values).
         decoder (`str`, defaults to `"auto"`): both, each falling back on the other: decord first for squashed
             frames, PyAV first for the aspect-keeping (shortest side) resize, the faster per request as measured;
-            or `"decord"` / `"pyav"` alone.
+            torchcodec last where it loads; or `"decord"` / `"pyav"` / `"torchcodec"` alone.
     """
 
     model_input_names = ["pixel_values"]

@@ -125,7 +125,8 @@ class StretchySnakeArguments(DataArguments):
     layer_decay: float = 1.0
     decoder: str = field(default="auto", metadata={
         "help": "auto (decord first for training's squashed frames, PyAV first for evaluation's aspect-keeping "
-                "resize: the faster per request, bench/RESULTS.md), decord or pyav"})
+                "resize: the faster per request, bench/RESULTS.md; torchcodec last where it loads), decord, pyav or "
+                "torchcodec"})
     clip_cache_gb: float | None = field(default=None, metadata={
         "help": "keep decoded clips in memory up to this many GB, for videos drawn again at a scale they were decoded "
                 "at (the fixed-scale model's clips and the evaluation grid are the flexible model's); default: 4 on "

@@ -83,6 +83,29 @@ def test_read_video_decodes_bytes_from_memory(ramp_video, backend):
         read_video({"path": "broken.mp4", "bytes": data[:300]}, 4, backend=backend)
 
 
+def test_torchcodec_takes_the_frames_decord_and_pyav_take(ramp_video):
+    """Every temporal view, both resize modes, from the file and from its bytes: the same frame indices (the ramp's
+    brightness is the frame's index) and pixels within a few levels of PyAV's (and decord's)."""
+    from modeling_stretchysnake.video_decoding import _torchcodec_available
+
+    if not _torchcodec_available():
+        pytest.skip("torchcodec does not import here (its PyPI wheels need CUDA's libraries; a CPU build needs "
+                    "FFmpeg's shared libraries)")
+    others = ["pyav"] + (["decord"] if HAVE_DECORD else [])
+    for resize in ("squash", "shortest"):
+        for clip in range(3):
+            request = dict(num_frames=5, resolution=24, resize=resize, clip=clip, num_clips=3)
+            frames = read_video(ramp_video, backend="torchcodec", **request)
+            assert np.array_equal(read_video(ramp_video.read_bytes(), backend="torchcodec", **request), frames)
+            for other in others:
+                expected = read_video(ramp_video, backend=other, **request)
+                assert frames.shape == expected.shape
+                assert brightness_index(frames).tolist() == brightness_index(expected).tolist()
+                assert np.abs(frames.astype(np.float32) - expected).mean() < 3
+    with pytest.raises(VideoDecodeError, match="torchcodec serves frame-indexed segments"):
+        read_video(ramp_video, 2, start=0.5, end=1.5, time_unit="seconds", backend="torchcodec")
+
+
 @pytest.mark.parametrize("content", [b"", b"not a video at all" * 50, None])
 def test_unreadable_files_raise_decode_error(tmp_path, ramp_video, content):
     path = tmp_path / "broken.mp4"

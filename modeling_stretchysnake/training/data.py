@@ -192,7 +192,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         training: squash-resize to R x R (flexible training) instead of shortest-side resize + centre crop.
         view: the evaluation view (temporal clip x spatial crop).
         decoder: 'auto' (decord then PyAV for 'squash' requests, PyAV then decord for 'shortest'; see
-            `read_video`), 'decord' or 'pyav'.
+            `read_video`), 'decord', 'pyav' or 'torchcodec'.
         max_replacements: how many following videos to try in place of an unreadable one.
         clip_cache: a `DecodedClipCache` that keeps decoded clips for when the same video is asked for at the same
             scale and view again (shared with the dataset's copies, as the evaluation views are), or None.
