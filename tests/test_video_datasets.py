@@ -223,6 +223,11 @@ def test_a_stream_resumes_at_its_step_without_decoding_the_steps_before(layouts,
         assert (before["step"], before["index"]) == (after["step"], after["index"])
         assert torch.equal(before["pixel_values"], after["pixel_values"])
     assert len({batch["pixel_values"].shape[1:] for batch in steps}) > 1  # scales do change step to step
+    budget = StreamedClipBatches(stream_of(data["hub"]), 2, sampler, tokens_per_batch=128, max_batch_size=6)
+    for batch in (batch for _, batch in zip(range(6), budget)):  # token-budget batching: clips follow the scale
+        frames, resolution = batch["pixel_values"].shape[1], batch["pixel_values"].shape[-1]
+        scale = Scale(frames, resolution, resolution // 4)
+        assert len(batch["labels"]) == budget.clips(scale) == min(6, max(1, round(128 / scale.tokens)))
 
 
 def test_an_undecodable_row_is_skipped_and_counted(layouts, tmp_path):
@@ -266,14 +271,20 @@ def test_two_processes_two_workers_stream_disjoint_shards_at_one_scale_per_step(
 
 
 def test_recipes_take_a_dataset(layouts, tmp_path):
-    """train.py on a stream of the Hub-layout folder; evaluate_model.py and calibrate_cascade.py on the CSV of
-    paths, whose string labels map to the trained model's classes by name."""
+    """train.py on a stream of the Hub-layout folder in 2 processes, and on the videofolder tree;
+    evaluate_model.py and calibrate_cascade.py on the CSV of paths, whose string labels map to the trained model's
+    classes by name."""
     data, _ = layouts
     tiny = ["--train_frames", "2", "4", "--train_resolutions", "28", "56", "--per_device_train_batch_size", "2",
-            "--logging_steps", "1", "--baseline", "none"]
-    run_script([sys.executable, str(ROOT / "recipes" / "train.py"), "--dataset_name", data["hub"].dataset_name,
-                "--streaming", "--max_steps", "2", "--dataloader_num_workers", "2", "--eval_frames", "4",
-                "--eval_resolutions", "28", "--output_dir", str(tmp_path / "out"), *tiny], tmp_path)
+            "--logging_steps", "1", "--baseline", "none", "--eval_frames", "4", "--eval_resolutions", "28"]
+    streamed = run_script(LAUNCH + [str(ROOT / "recipes" / "train.py"), "--dataset_name", data["hub"].dataset_name,
+                                    "--streaming", "--max_steps", "2", "--dataloader_num_workers", "2",
+                                    "--output_dir", str(tmp_path / "streamed"), *tiny], tmp_path, timeout=900)
+    assert "a stream of 4 shard(s) train / 5 eval videos" in streamed.stderr
+    assert "process rank 1 of world size 2" in streamed.stderr
+    run_script([sys.executable, str(ROOT / "recipes" / "train.py"), "--dataset_name", "videofolder", "--data_dir",
+                data["videofolder"].data_dir, "--label_column_name", "action", "--max_steps", "2",
+                "--output_dir", str(tmp_path / "out"), *tiny], tmp_path)
     model = tmp_path / "out" / "final"
     csv_data = ["--dataset_name", "csv", "--data_files", *data["csv"].data_files, "--video_column_name", "clip",
                 "--label_column_name", "action"]
