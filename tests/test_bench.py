@@ -119,6 +119,20 @@ def test_gpu_script_dry_run(tmp_path):
     assert "failed sections" not in result.stderr
 
 
+def test_data_sources_benchmark_times_files_parquet_and_a_stream(tmp_path):
+    rates_file = tmp_path / "rates.json"
+    result = run_script([sys.executable, str(ROOT / "bench" / "data_sources.py"), "--data_root", str(tmp_path / "data"),
+                         "--videos_per_class", "4", "--shards", "4", "--steps", "2", "--rounds", "2", "--workers", "0",
+                         "--json", str(rates_file)], tmp_path)
+    rates = json.loads(rates_file.read_text())
+    assert rates["videos"] == 20 and len(list((tmp_path / "data" / "parquet_shards").glob("*.parquet"))) == 4
+    for source in ("files", "parquet", "stream"):
+        cell = rates[f"{source}@0"]
+        assert len(cell["rounds"]) == 2 and all(rate > 0 for rate in cell["rounds"])
+        assert cell["ratio_to_files"] == pytest.approx(cell["clips_per_second"] / rates["files@0"]["clips_per_second"])
+    assert result.stdout.splitlines()[-1].startswith("stream")
+
+
 def test_decoding_benchmark_compares_both_decoders(tmp_path):
     pytest.importorskip("decord")
     rows_file = tmp_path / "rows.json"
