@@ -53,7 +53,7 @@ def loaders(args, manifest_dir: Path, shard_paths: list[str], workers: int):
     from modeling_stretchysnake import StretchySnakeVideoProcessor
     from modeling_stretchysnake.training.data import MultiScaleBatchSampler, VideoClipDataset, collate_clips
     from modeling_stretchysnake.training.scales import ScaleSampler
-    from modeling_stretchysnake.training.streaming import StreamedClipBatches, StreamedVideos
+    from modeling_stretchysnake.training.streaming import StreamedClipBatches, StreamedVideos, usable_workers
     from modeling_stretchysnake.training.video_datasets import DataArguments, load_video_splits
 
     processor = StretchySnakeVideoProcessor(num_frames=8, resolution=56)
@@ -72,7 +72,8 @@ def loaders(args, manifest_dir: Path, shard_paths: list[str], workers: int):
     return {
         "files": lambda: map_style(files),
         "parquet": lambda: map_style(load_video_splits(parquet, ["train"])["train"]),
-        "stream": lambda: torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(workers, len(shard_paths))),
+        "stream": lambda: torch.utils.data.DataLoader(stream, batch_size=None,
+                                                     num_workers=usable_workers(workers, len(shard_paths))),
     }
 
 

@@ -19,11 +19,20 @@ from modeling_stretchysnake import StretchySnakeVideoProcessor
 from modeling_stretchysnake.training import streaming
 from modeling_stretchysnake.training.data import VideoClipDataset
 from modeling_stretchysnake.training.scales import Scale, ScaleSampler
-from modeling_stretchysnake.training.streaming import StreamedClipBatches, StreamedVideos
+from modeling_stretchysnake.training.streaming import StreamedClipBatches, StreamedVideos, usable_workers
 from modeling_stretchysnake.training.video_datasets import DataArguments, DataError, load_video_splits
 from modeling_stretchysnake.video_decoding import video_name
 
 TRAIN_SHARDS = 4
+
+
+@pytest.fixture(autouse=True)
+def short_pause_after_each_pass(monkeypatch):
+    """datasets pauses 5 s at the end of every pass over a stream of Parquet shards (a guard against an Arrow
+    thread-shutdown crash, apache/arrow#45214); these tests end a dozen tiny passes."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0.1)
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +211,29 @@ def test_each_process_and_worker_reads_its_own_rows_once_a_pass(layouts):
         names = [name for reader in readers for name in reader]
         assert len(names) == len(set(names)) == 16 and all(len(reader) == 4 for reader in readers)
     assert passes[0] != passes[1] and [sorted(r) for r in passes[0]] == [sorted(r) for r in passes[1]]  # reshuffled
+
+
+def test_processes_and_workers_get_even_shares_of_the_shards(layouts):
+    from datasets import Dataset
+
+    rows = Dataset.from_dict({"video": [f"{i}.mp4" for i in range(24)], "label": [0] * 24}).to_iterable_dataset(6)
+    videos = StreamedVideos(rows, None, shuffle_buffer_size=0)
+    sampler = ScaleSampler("static_tokens", frames=[2], resolutions=[32], grid=4)
+    read = {}
+    for rank in (0, 1):  # 6 shards: 3 whole shards per process, each worker of 3 one shard
+        batches = StreamedClipBatches(videos, 2, sampler, num_replicas=2, rank=rank)
+        workers = usable_workers(4, batches.max_workers)
+        assert (batches.max_workers, workers) == (3, 3)
+        for role in range(workers):
+            read[(rank, role)] = [row["video"] for row in batches.rows_of_role(role, workers, 0)]
+    assert all(len(names) == 4 for names in read.values())
+    assert sorted(name for names in read.values() for name in names) == sorted(f"{i}.mp4" for i in range(24))
+    assert [usable_workers(w, 6) for w in (0, 1, 2, 3, 4, 5, 6, 8)] == [0, 1, 2, 3, 3, 3, 6, 6]
+    odd = StreamedClipBatches(StreamedVideos(Dataset.from_dict({"video": [f"{i}.mp4" for i in range(9)], "label": [0] * 9})
+                                             .to_iterable_dataset(3), None, shuffle_buffer_size=0), 2, sampler,
+                              num_replicas=2, rank=1)  # 3 shards for 2 processes: every shard, every other row
+    assert odd.max_workers == 3 and [row["video"] for row in odd.rows_of_role(0, 1, 0)] == ["1.mp4", "3.mp4",
+                                                                                            "5.mp4", "7.mp4"]
 
 
 def test_a_stream_resumes_at_its_step_without_decoding_the_steps_before(layouts, monkeypatch):

@@ -1,8 +1,9 @@
 """Training from a stream of shards (`datasets.IterableDataset`): corpora larger than the disk.
 
-Each process reads its own shards (`datasets.distributed.split_dataset_by_node`), each DataLoader worker its own
-share of those, through a seeded shuffle buffer; a worker forms whole steps and decodes them at the step's scale,
-which every process draws alike from the step's index (`ScaleSampler` is seeded by step). With W workers,
+Each process reads its own shards (whole shards where they divide by the processes, else every shard keeping every
+N-th row: `datasets.distributed.split_dataset_by_node`'s strategies), each DataLoader worker its own share of those,
+through a seeded shuffle buffer; a worker forms whole steps and decodes them at the step's scale, which every
+process draws alike from the step's index (`ScaleSampler` is seeded by step). With W workers,
 DataLoader takes batches from workers 0, 1, ..., W-1 in turn, so worker w forms steps w, w + W, w + 2W, ...; the
 stream never ends by itself (pass after pass, reshuffled per pass), and `--max_steps` sets the run's length.
 
@@ -48,6 +49,12 @@ def shards_per_process(num_shards: int, num_replicas: int) -> int:
     return num_shards // num_replicas if num_shards % num_replicas == 0 else num_shards
 
 
+def usable_workers(requested: int, shards: int) -> int:
+    """The most DataLoader workers, at most `requested`, that share a process's `shards` evenly: the stream is endless
+    and workers form steps in turn, so a worker with fewer shards would go round its videos more often."""
+    return max((w for w in range(1, min(requested, shards) + 1) if shards % w == 0), default=0) if requested else 0
+
+
 class StreamedClipBatches(torch.utils.data.IterableDataset):
     """One training batch per step from a `StreamedVideos`: this process's share of the stream, decoded at the
     scale of each step; for `DataLoader(batch_size=None)`.
@@ -75,9 +82,14 @@ class StreamedClipBatches(torch.utils.data.IterableDataset):
         self.rank = rank
         shards = videos.rows.num_shards
         self.max_workers = shards_per_process(shards, num_replicas)
-        strategy = "shards" if shards % num_replicas == 0 else "examples"
-        self.rows = (split_dataset_by_node(videos.rows, rank=rank, world_size=num_replicas, strategy=strategy)
-                     if num_replicas > 1 else videos.rows)
+        self.rows = videos.rows
+        if num_replicas > 1 and shards % num_replicas == 0:
+            # whole shards, those whose index mod num_replicas is the rank: split_dataset_by_node's 'shards' strategy,
+            # taken now; its deferred form would be applied after the workers' split (rows_of_role), to each worker's
+            # part, and give processes unequal shares where a part's shards do not divide by the processes
+            self.rows = videos.rows.shard(num_shards=num_replicas, index=rank, contiguous=False)
+        elif num_replicas > 1:
+            self.rows = split_dataset_by_node(videos.rows, rank=rank, world_size=num_replicas, strategy="examples")
 
     def clips(self, scale) -> int:
         return clips_per_step(scale, self.batch_size, self.tokens_per_batch, self.max_batch_size)

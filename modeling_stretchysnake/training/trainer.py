@@ -26,7 +26,7 @@ from .data import ClipView, FixedScaleBatchSampler, MultiScaleBatchSampler, Vide
 from .distributed import use_fsdp_on_cpu
 from .metrics import load_video_accuracy
 from .scales import Scale, ScaleSampler
-from .streaming import StreamedClipBatches, StreamedVideos
+from .streaming import StreamedClipBatches, StreamedVideos, usable_workers
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +141,11 @@ class StretchySnakeTrainer(Trainer):
             start_step=getattr(self, "_stream_start_step", 0),
         )
         self._mean_clips = sum(p * stream.clips(scale) for scale, p in self.scale_sampler.distribution())
-        workers = min(self.args.dataloader_num_workers, stream.max_workers)
+        workers = usable_workers(self.args.dataloader_num_workers, stream.max_workers)
         if workers < self.args.dataloader_num_workers:
             logger.info("the stream has %d shard(s) for each of the %d process(es): %d DataLoader worker(s) instead of "
-                        "%d", stream.max_workers, self.accelerator.num_processes, workers,
-                        self.args.dataloader_num_workers)
+                        "%d, so that each has as many shards", stream.max_workers, self.accelerator.num_processes,
+                        workers, self.args.dataloader_num_workers)
         return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=self.args.dataloader_pin_memory)
 
     def get_train_dataloader(self) -> DataLoader:
