@@ -19,23 +19,20 @@ import argparse
 import json
 from pathlib import Path
 
+from transformers import HfArgumentParser
+
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
 from modeling_stretchysnake.cascade import COMBINES, CONFIDENCES, fit_cascade
 from modeling_stretchysnake.cli import run_cli
 from modeling_stretchysnake.training.cascade_evaluation import cheapest_first_front, scale_costs, stage_logits
 from modeling_stretchysnake.training.data import VideoClipDataset
-from modeling_stretchysnake.training.video_datasets import (
-    add_data_arguments,
-    data_arguments_of,
-    load_video_splits,
-    model_label_names,
-)
+from modeling_stretchysnake.training.video_datasets import DataArguments, load_video_splits, model_label_names
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # the data options (--dataset_name, --manifest, ...) are DataArguments' fields, as recipes/train.py takes them
+    parser = HfArgumentParser(DataArguments, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a saved model folder (the rule is written into it)")
-    add_data_arguments(parser)  # the data: --dataset_name (load_dataset) or --manifest (data_scripts/), ...
     parser.add_argument("--split", default="validation")
     parser.add_argument("--frames", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[56, 84, 112, 168])
@@ -49,10 +46,9 @@ def main(argv=None):
                         help="how stages' evidence combines; best (the default): the better on this split")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--decoder", default="auto")
-    args = parser.parse_args(argv)
+    data, args = parser.parse_args_into_dataclasses(argv)
     if not (Path(args.model) / "config.json").is_file():
         parser.error(f"--model must be a saved model folder (the rule is written into its config.json): {args.model}")
-    data = data_arguments_of(args)
     if not data.given:
         parser.error("give the data: --dataset_name NAME_OR_PATH (anything load_dataset takes) or --manifest FOLDER")
     model = StretchySnakeForVideoClassification.from_pretrained(args.model).eval()

@@ -33,7 +33,7 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 from modeling_stretchysnake import StretchySnakeForVideoClassification, StretchySnakeVideoProcessor
 from modeling_stretchysnake.cascade import ScaleCascade
@@ -49,19 +49,14 @@ from modeling_stretchysnake.training.compute_budget import cost_table, pareto_fr
 from modeling_stretchysnake.training.reporting import format_table, plot_pareto, write_results
 from modeling_stretchysnake.training.scales import Scale, ScaleSampler
 from modeling_stretchysnake.training.trainer import StretchySnakeTrainer
-from modeling_stretchysnake.training.video_datasets import (
-    add_data_arguments,
-    data_arguments_of,
-    load_video_splits,
-    model_label_names,
-)
+from modeling_stretchysnake.training.video_datasets import DataArguments, load_video_splits, model_label_names
 
 
-def parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse(argv=None) -> tuple[DataArguments, argparse.Namespace]:
+    # the data options (--dataset_name, --manifest, ...) are DataArguments' fields, as recipes/train.py takes them
+    parser = HfArgumentParser(DataArguments, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a saved StretchySnake folder, a Hub model id, or an official "
                                                        "VideoMamba checkpoint on the Hub, OWNER/REPO/FILE.pth")
-    add_data_arguments(parser)  # the data: --dataset_name (load_dataset) or --manifest (data_scripts/), ...
     parser.add_argument("--split", default="test")
     parser.add_argument("--frames", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[56, 84, 112, 168])
@@ -82,12 +77,12 @@ def parse(argv=None):
                         help="evaluate the model's fitted cascade over scales (config.cascade) instead of a grid")
     parser.add_argument("--cost", choices=["ms", "gflops", "none"], default="ms",
                         help="cost axis of pareto.png: forward ms measured here, GFLOPs, or no plot")
-    return parser.parse_args(argv)
+    data, args = parser.parse_args_into_dataclasses(argv)
+    return data, args
 
 
 def main(argv=None):
-    args = parse(argv)
-    data = data_arguments_of(args)
+    data, args = parse(argv)
     if not data.given:
         raise SystemExit("evaluate_model.py: give the data: --dataset_name NAME_OR_PATH (anything load_dataset "
                          "takes) or --manifest FOLDER (data_scripts/)")

@@ -11,7 +11,6 @@ Every split comes out in the form the training side reads, map-style or streamed
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -62,26 +61,6 @@ class DataArguments:
             detail = self.data_dir or " ".join(self.data_files or [])
             return f"{name} ({detail})" if detail else str(name)
         return name
-
-
-def add_data_arguments(parser, exclude: Sequence[str] = ()) -> None:
-    """DataArguments' options on an argparse parser (the recipes that are not HfArgumentParser's)."""
-    for option in dataclasses.fields(DataArguments):
-        if option.name in exclude:
-            continue
-        help_text = option.metadata.get("help")
-        if option.type in ("bool", bool):
-            parser.add_argument(f"--{option.name}", action="store_true", help=help_text)
-        elif option.name == "data_files":
-            parser.add_argument(f"--{option.name}", nargs="+", default=None, help=help_text)
-        else:
-            kind = {"float | None": float, "int": int}.get(str(option.type), str)
-            parser.add_argument(f"--{option.name}", type=kind, default=option.default, help=help_text)
-
-
-def data_arguments_of(namespace) -> DataArguments:
-    return DataArguments(**{option.name: getattr(namespace, option.name, option.default)
-                            for option in dataclasses.fields(DataArguments)})
 
 
 class DataError(ValueError):
@@ -219,7 +198,7 @@ def _label_values(split) -> list:
 
 def _with_class_labels(split, split_name: str, names: list[str] | None, data: DataArguments):
     """The split's labels as ints of ClassLabel(names); `names` None: this split's own (sorted strings)."""
-    from datasets import ClassLabel, Value
+    from datasets import ClassLabel
 
     feature = split.features.get("label") if split.features else None
     if isinstance(feature, ClassLabel):
@@ -230,10 +209,7 @@ def _with_class_labels(split, split_name: str, names: list[str] | None, data: Da
         if unknown:
             raise _unknown_labels(data, split_name, unknown, names)
         index = {name: i for i, name in enumerate(names)}
-        remap = functools.partial(_remap_labels, table=[index[name] for name in own])
-        relabelled = split.cast_column("label", Value("int64"))
-        relabelled = relabelled.map(remap, batched=True, **_keep_features(relabelled))
-        return relabelled.cast_column("label", ClassLabel(names=names)), names
+        return _relabelled(split, {i: index[name] for i, name in enumerate(own)}, names), names
     values = _label_values(split)
     if not values:
         raise DataError(f"{data.source} [{split_name}] is empty")
@@ -243,11 +219,7 @@ def _with_class_labels(split, split_name: str, names: list[str] | None, data: Da
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise _unknown_labels(data, split_name, unknown, names)
-        features = split.features.copy()
-        features["label"] = ClassLabel(names=names)
-        # a map, not cast_column: a stream's cast leaves the strings as they are
-        to_ids = functools.partial(_label_ids, index={name: i for i, name in enumerate(names)})
-        return split.map(to_ids, batched=True, features=features), names
+        return _relabelled(split, {name: i for i, name in enumerate(names)}, names), names
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         count = len(names) if names is not None else max(values) + 1
         if min(values) < 0 or max(values) >= count:
@@ -268,12 +240,18 @@ def _unknown_labels(data: DataArguments, split_name: str, unknown: list, names: 
                      f"{listed(unknown)} (they are: {listed(names)})")
 
 
-def _label_ids(batch: dict, index: dict[str, int]) -> dict:
+def _relabelled(split, index: dict, names: list[str]):
+    """The split with each label `index[label]`, a ClassLabel(names): a map, not cast_column, since a stream's cast
+    leaves string labels as they are."""
+    from datasets import ClassLabel
+
+    features = split.features.copy()
+    features["label"] = ClassLabel(names=names)
+    return split.map(functools.partial(_label_ids, index=index), batched=True, features=features)
+
+
+def _label_ids(batch: dict, index: dict) -> dict:
     return {"label": [index[label] for label in batch["label"]]}
-
-
-def _remap_labels(batch: dict, table: list[int]) -> dict:
-    return {"label": [table[label] for label in batch["label"]]}
 
 
 def _check_not_empty(split, split_name: str, data: DataArguments) -> None:
